@@ -1,0 +1,224 @@
+"""The cgroup interface every backend implements, and the small file helpers they share.
+
+A JobCgroup is one job's cgroup in whatever layout the host has. Callers (runner,
+gc, live control) use only this interface; the differences between v1, v2 and the
+hybrid layout live in the backends, each using the best source for each function.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import signal
+import time
+from abc import ABC, abstractmethod
+from typing import NamedTuple
+
+from ..limits import Limits
+
+PREFIX = "sandbox-"  # every cgroup we create is named PREFIX + sandbox name
+
+
+class Usage(NamedTuple):
+    cpu_user_seconds: float | None = None
+    cpu_system_seconds: float | None = None
+    memory_current_bytes: int | None = None
+    memory_peak_bytes: int | None = None
+    memory_limit_bytes: int | None = None
+    oom_kills: int | None = None
+    io_read_bytes: int | None = None
+    io_write_bytes: int | None = None
+    pids_current: int | None = None
+    pids_peak: int | None = None
+
+
+class CgroupError(Exception):
+    pass
+
+
+def read_text(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except (FileNotFoundError, ProcessLookupError, OSError):
+        return None
+
+
+def read_int(path: str) -> int | None:
+    text = read_text(path)
+    if text is None:
+        return None
+    text = text.strip()
+    if text == "max":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def read_keyed(path: str) -> dict[str, int]:
+    """'key value' lines (cpu.stat, memory.events, memory.oom_control, cgroup.events)."""
+    out: dict[str, int] = {}
+    for line in (read_text(path) or "").splitlines():
+        key, _, value = line.partition(" ")
+        try:
+            out[key] = int(value)
+        except ValueError:
+            continue
+    return out
+
+
+def write_file(path: str, value: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
+def procs_in_tree(directory: str) -> list[int]:
+    """Every process in a cgroup and its descendants (the job may have made sub-cgroups)."""
+    pids: list[int] = []
+    for dirpath, _dirs, _files in os.walk(directory):
+        for line in (read_text(os.path.join(dirpath, "cgroup.procs")) or "").split():
+            pids.append(int(line))
+    return pids
+
+
+def remove_tree(directory: str) -> None:
+    """rmdir a cgroup and its sub-cgroups, deepest first. A missing one is already gone."""
+    for dirpath, _dirs, _files in os.walk(directory, topdown=False):
+        try:
+            os.rmdir(dirpath)
+        except FileNotFoundError:
+            pass
+
+
+def make_dir(directory: str) -> None:
+    try:
+        os.mkdir(directory)
+    except FileExistsError:
+        raise CgroupError(f"cgroup {directory} already exists (is the sandbox name in use?)") from None
+    except FileNotFoundError:
+        raise CgroupError(f"cgroup parent {os.path.dirname(directory)} does not exist") from None
+    except PermissionError:
+        raise CgroupError(f"cannot create cgroup {directory}: permission denied") from None
+
+
+def kill_pids(pids: list[int], sig: int = signal.SIGKILL) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def wait_events_unpopulated(events_path: str, timeout: float) -> bool:
+    """Wait for 'populated 0' in a v2 cgroup.events file. The kernel signals changes to
+    that file with POLLPRI, so this sleeps in poll(2) instead of spinning."""
+    deadline = time.monotonic() + timeout
+    try:
+        fd = os.open(events_path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return True
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLPRI | select.POLLERR)
+        while True:
+            os.lseek(fd, 0, os.SEEK_SET)
+            text = os.read(fd, 4096).decode()
+            if "populated 0" in text:
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            poller.poll(remaining * 1000)
+    except OSError as e:
+        if e.errno in (errno.ENODEV, errno.ENOENT):
+            return True
+        raise
+    finally:
+        os.close(fd)
+
+
+def wait_procs_empty(directory: str, timeout: float) -> bool:
+    """v1 has no populated event for a single hierarchy: check cgroup.procs with short,
+    growing sleeps. Only used at teardown, after SIGKILL, when exits take milliseconds."""
+    deadline = time.monotonic() + timeout
+    delay = 0.0005
+    while procs_in_tree(directory):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+    return True
+
+
+class JobCgroup(ABC):
+    """One sandbox's cgroup. Created with limits, joined by the job's init before it
+    runs anything, killed completely, read for usage, removed."""
+
+    version: str  # "v1", "v2" or "hybrid": the report's cgroup_version
+    name: str
+
+    @abstractmethod
+    def create(self, limits: Limits) -> None:
+        """Create the cgroup(s) and set the limits; on failure nothing is left behind."""
+
+    @abstractmethod
+    def paths(self) -> dict[str, str]:
+        """Directory per hierarchy ('memory', 'pids', ..., 'unified')."""
+
+    @abstractmethod
+    def primary_path(self) -> str:
+        """The one directory named in the report."""
+
+    @abstractmethod
+    def join_files(self) -> list[str]:
+        """The cgroup.procs files a process writes '0' into to join the cgroup."""
+
+    @abstractmethod
+    def pids(self) -> list[int]:
+        """Every process in the cgroup (host PIDs)."""
+
+    @abstractmethod
+    def freeze(self) -> None: ...
+
+    @abstractmethod
+    def thaw(self) -> None: ...
+
+    @abstractmethod
+    def kill(self, timeout: float = 10.0) -> None:
+        """SIGKILL every process and wait until the cgroup is empty: nothing survives,
+        not even a process forking in a loop."""
+
+    @abstractmethod
+    def usage(self) -> Usage: ...
+
+    @abstractmethod
+    def exists(self) -> bool: ...
+
+    @abstractmethod
+    def remove_dirs(self) -> None:
+        """rmdir every directory (the cgroup must be empty)."""
+
+    def join_fds(self) -> list[int]:
+        return [os.open(p, os.O_WRONLY | os.O_CLOEXEC) for p in self.join_files()]
+
+    def signal_all(self, sig: int) -> None:
+        """Deliver a signal to every process at once: freeze, signal, thaw, so that no
+        process can fork a child that misses it (the freezer makes it atomic)."""
+        self.freeze()
+        try:
+            kill_pids(self.pids(), sig)
+        finally:
+            self.thaw()
+
+    def destroy(self, timeout: float = 10.0) -> None:
+        """Kill whatever is left and remove the cgroup."""
+        if not self.exists():
+            return
+        self.kill(timeout)
+        self.remove_dirs()

@@ -1,0 +1,246 @@
+"""cgroup v1: one directory per mounted hierarchy, driven through cgroupspy's controllers.
+
+v1 has no recursive kill and no populated event per hierarchy, so the complete kill
+is freeze / SIGKILL every task / thaw / repeat, as HTCondor and Slurm do on v1.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import NamedTuple
+
+from cgroupspy.controllers import BlkIOController, Controller, CpuAcctController, CpuController, MemoryController
+
+from ..limits import CPU_PERIOD_US, Limits
+from .base import (
+    PREFIX,
+    CgroupError,
+    JobCgroup,
+    Usage,
+    kill_pids,
+    make_dir,
+    procs_in_tree,
+    read_int,
+    read_keyed,
+    read_text,
+    remove_tree,
+    wait_procs_empty,
+)
+from .layout import Layout
+
+
+class _Node(NamedTuple):
+    """The one attribute cgroupspy's controllers need from a node: where it is. Building
+    cgroupspy Trees would walk every hierarchy on each launch. cgroupspy joins it with
+    bytes file names, so it is bytes too."""
+
+    full_path: bytes
+
+
+def _node(directory: str) -> _Node:
+    return _Node(os.fsencode(directory))
+
+
+def _blkio_bytes(directory: str) -> tuple[int | None, int | None]:
+    text = read_text(os.path.join(directory, "blkio.throttle.io_service_bytes_recursive"))
+    if text is None:
+        return None, None
+    read = write = 0
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1] == "Read":
+            read += int(parts[2])
+        elif len(parts) == 3 and parts[1] == "Write":
+            write += int(parts[2])
+    return read, write
+
+
+class V1Part:
+    """The v1 hierarchies of one job cgroup: used alone (pure v1) or inside the hybrid."""
+
+    def __init__(
+        self,
+        layout: Layout,
+        name: str,
+        parent: str | None,
+        controllers: tuple[str, ...],
+        parent_dirs: dict[str, str] | None = None,
+    ) -> None:
+        self.dirs: dict[str, str] = {}
+        for ctrl in controllers:
+            h = layout.v1.get(ctrl)
+            if h is None:
+                continue
+            if parent_dirs is not None:
+                if ctrl not in parent_dirs:
+                    continue
+                parent_dir = parent_dirs[ctrl]
+            else:
+                parent_dir = h.directory(parent if parent is not None else h.own_path)
+            self.dirs[ctrl] = os.path.join(parent_dir, PREFIX + name)
+
+    def unique_dirs(self) -> list[str]:
+        return list(dict.fromkeys(self.dirs.values()))
+
+    def create(self, limits: Limits) -> None:
+        made: list[str] = []
+        try:
+            for d in self.unique_dirs():
+                make_dir(d)
+                made.append(d)
+            self._set_limits(limits)
+        except BaseException:
+            for d in reversed(made):
+                remove_tree(d)
+            raise
+
+    def _set_limits(self, limits: Limits) -> None:
+        mem_dir = self.dirs.get("memory")
+        try:
+            if limits.memory_bytes is not None and mem_dir:
+                mem = MemoryController(_node(mem_dir))
+                mem.limit_in_bytes = limits.memory_bytes
+                swap = limits.swap_limit_bytes() or 0
+                # memsw exists only with swap accounting; without it the host cannot
+                # bound swap per cgroup, and a host without swap needs no bound.
+                if os.path.exists(os.path.join(mem_dir, "memory.memsw.limit_in_bytes")):
+                    mem.memsw_limit_in_bytes = limits.memory_bytes + swap
+                elif limits.swap_bytes:
+                    raise CgroupError("--swap needs swap accounting (memory.memsw), which this kernel lacks")
+            if limits.pids is not None and "pids" in self.dirs:
+                Controller(_node(self.dirs["pids"])).set_property(b"pids.max", limits.pids)
+            quota = limits.cpu_quota_us()
+            if quota is not None and "cpu" in self.dirs:
+                cpu = CpuController(_node(self.dirs["cpu"]))
+                cpu.cfs_period_us = CPU_PERIOD_US
+                cpu.cfs_quota_us = quota
+        except OSError as e:
+            raise CgroupError(f"cannot set cgroup limit: {e.strerror} ({e.filename or 'cgroup'})") from None
+
+    def join_files(self) -> list[str]:
+        return [os.path.join(d, "cgroup.procs") for d in self.unique_dirs()]
+
+    def pids(self) -> list[int]:
+        # any one hierarchy holds every process of the job
+        d = next(iter(self.unique_dirs()), None)
+        return procs_in_tree(d) if d else []
+
+    def freeze(self) -> None:
+        d = self.dirs.get("freezer")
+        if d is None:
+            return
+        Controller(_node(d)).set_property(b"freezer.state", "FROZEN")
+        # FREEZING -> FROZEN once every task has stopped; tasks in uninterruptible
+        # sleep can hold it in FREEZING, so do not wait forever.
+        deadline = time.monotonic() + 2.0
+        while (read_text(os.path.join(d, "freezer.state")) or "").strip() == "FREEZING":
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.001)
+
+    def thaw(self) -> None:
+        d = self.dirs.get("freezer")
+        if d is not None:
+            Controller(_node(d)).set_property(b"freezer.state", "THAWED")
+
+    def kill(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            pids = self.pids()
+            if not pids:
+                return
+            self.freeze()
+            try:
+                kill_pids(pids, signal.SIGKILL)
+            finally:
+                self.thaw()
+            d = self.unique_dirs()[0]
+            if wait_procs_empty(d, min(0.5, max(0.0, deadline - time.monotonic()))):
+                return
+            if time.monotonic() > deadline:
+                raise CgroupError(f"processes survived SIGKILL in {d}")
+
+    def usage(self, with_cpu: bool = True) -> Usage:
+        u: dict[str, int | float | None] = {}
+        mem_dir = self.dirs.get("memory")
+        if mem_dir:
+            mem = MemoryController(_node(mem_dir))
+            u["memory_current_bytes"] = mem.get_content("usage_in_bytes")
+            u["memory_peak_bytes"] = mem.get_content("max_usage_in_bytes")
+            limit = read_int(os.path.join(mem_dir, "memory.limit_in_bytes"))
+            u["memory_limit_bytes"] = limit if limit is not None and limit < (1 << 62) else None
+            u["oom_kills"] = read_keyed(os.path.join(mem_dir, "memory.oom_control")).get("oom_kill")
+        pids_dir = self.dirs.get("pids")
+        if pids_dir:
+            u["pids_current"] = read_int(os.path.join(pids_dir, "pids.current"))
+            u["pids_peak"] = read_int(os.path.join(pids_dir, "pids.peak"))
+        blkio_dir = self.dirs.get("blkio")
+        if blkio_dir:
+            u["io_read_bytes"], u["io_write_bytes"] = _blkio_bytes(blkio_dir)
+        acct_dir = self.dirs.get("cpuacct")
+        if with_cpu and acct_dir:
+            acct = CpuAcctController(_node(acct_dir))
+            user_ns = read_int(os.path.join(acct_dir, "cpuacct.usage_user"))
+            sys_ns = read_int(os.path.join(acct_dir, "cpuacct.usage_sys"))
+            if user_ns is not None and sys_ns is not None:
+                u["cpu_user_seconds"], u["cpu_system_seconds"] = user_ns / 1e9, sys_ns / 1e9
+            else:  # old kernels: USER_HZ ticks only
+                ticks = acct.acct_stat or {}
+                hz = os.sysconf("SC_CLK_TCK")
+                u["cpu_user_seconds"] = int(ticks.get("user", 0)) / hz
+                u["cpu_system_seconds"] = int(ticks.get("system", 0)) / hz
+        return Usage(**u)  # type: ignore[arg-type]
+
+    def exists(self) -> bool:
+        return any(os.path.isdir(d) for d in self.unique_dirs())
+
+    def remove_dirs(self) -> None:
+        for d in self.unique_dirs():
+            remove_tree(d)
+
+
+class V1Cgroup(JobCgroup):
+    version = "v1"
+
+    def __init__(
+        self, layout: Layout, name: str, parent: str | None, parent_dirs: dict[str, str] | None = None
+    ) -> None:
+        self.name = name
+        self.part = V1Part(layout, name, parent, ("memory", "pids", "cpu", "cpuacct", "blkio", "freezer"), parent_dirs)
+        if "memory" not in self.part.dirs:
+            raise CgroupError("this host has no cgroup v1 memory controller mounted")
+
+    def create(self, limits: Limits) -> None:
+        self.part.create(limits)
+
+    def paths(self) -> dict[str, str]:
+        return dict(self.part.dirs)
+
+    def primary_path(self) -> str:
+        return self.part.dirs["memory"]
+
+    def join_files(self) -> list[str]:
+        return self.part.join_files()
+
+    def pids(self) -> list[int]:
+        return self.part.pids()
+
+    def freeze(self) -> None:
+        self.part.freeze()
+
+    def thaw(self) -> None:
+        self.part.thaw()
+
+    def kill(self, timeout: float = 10.0) -> None:
+        self.part.kill(timeout)
+
+    def usage(self) -> Usage:
+        return self.part.usage()
+
+    def exists(self) -> bool:
+        return self.part.exists()
+
+    def remove_dirs(self) -> None:
+        self.part.remove_dirs()

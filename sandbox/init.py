@@ -1,0 +1,171 @@
+"""PID 1 of the job's PID namespace, and the last steps of the job before exec.
+
+This code runs in a forked copy of the launcher: it imports nothing, starts no
+threads and logs nothing (the launcher imported everything it needs before the
+fork). Every failure before the job's exec goes back to the launcher as one line
+on the close-on-exec error pipe (DaemonCore's trick), never as a bare exit code.
+
+Why our own init: in a PID namespace, PID 1 inherits every orphan and must reap it
+(else zombies pile up); the kernel drops signals to PID 1 that it has no handler for,
+so it must forward them explicitly; and when PID 1 exits the kernel kills the whole
+namespace, which is what makes the launcher's death fatal to the whole job.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import signal
+from typing import NamedTuple, NoReturn
+
+from . import syscalls as sc
+from .ns import mount as mountns
+
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+WAITED = frozenset((*FORWARDED, signal.SIGCHLD))
+
+
+class InitConfig(NamedTuple):
+    argv: tuple[str, ...]
+    cwd: str | None
+    join_fds: tuple[int, ...]  # cgroup.procs files to write "0" into
+    err_w: int  # close-on-exec error pipe to the launcher
+    status_w: int  # messages to the launcher: J (job ns pid), H (job host pid), X (final status)
+    go_r: int  # the launcher's go-ahead; EOF means it died
+    close_fds: tuple[int, ...]  # launcher-side descriptors init must not keep
+    unshare_flags: int
+    mount_ops: tuple[mountns.SetupOp, ...]
+    hostname: str | None
+    take_terminal: bool  # the launcher is in the terminal's foreground process group
+
+
+def _fail(err_w: int, code: int, message: str) -> NoReturn:
+    try:
+        os.write(err_w, f"{code} {message}".encode(errors="replace")[:4000])
+    finally:
+        os._exit(code)
+
+
+def _send(fd: int, message: str) -> None:
+    os.write(fd, message.encode())  # < PIPE_BUF: atomic even with two writers
+
+
+def main(cfg: InitConfig) -> NoReturn:
+    """Entry point of the forked child; never returns."""
+    step = "join the job's cgroup"
+    try:
+        for fd in cfg.close_fds:
+            os.close(fd)
+        # The launcher may have had signal handlers with a wakeup fd: not ours.
+        signal.set_wakeup_fd(-1)
+        # Join before anything else: every process of the job descends from this one,
+        # so no fork can happen outside the cgroup. "0" means the writer itself, which
+        # also works from inside the new PID namespace.
+        for fd in cfg.join_fds:
+            os.write(fd, b"0")
+            os.close(fd)
+        step = "arm the parent-death signal"
+        sc.set_parent_death_signal(signal.SIGKILL)
+        sc.set_name("sandbox-init")
+        # The launcher may have died before the line above: it then never says go.
+        if os.read(cfg.go_r, 1) != b"g":
+            os._exit(125)
+        os.close(cfg.go_r)
+        step = "create namespaces"
+        sc.unshare(cfg.unshare_flags)
+        # procfs resolves /proc/self in its own PID namespace: kept open across the
+        # remount below, the host's instance tells the job its host PID.
+        host_proc = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        step = "set up mounts"
+        mountns.execute(list(cfg.mount_ops))
+        if cfg.hostname:
+            step = "set the hostname"
+            sc.sethostname(cfg.hostname)
+        step = "start the job"
+        signal.pthread_sigmask(signal.SIG_BLOCK, WAITED)
+        job = os.fork()
+        if job == 0:
+            _exec_job(cfg, host_proc)
+    except OSError as e:
+        # mount errors already name their step (SetupOp.describe)
+        _fail(cfg.err_w, 125, e.strerror if step == "set up mounts" else f"cannot {step}: {e.strerror}")
+    os.close(cfg.err_w)
+    os.close(host_proc)
+    _send(cfg.status_w, f"J {job}\n")
+    _reap(cfg.status_w, job)
+
+
+def _reap(status_w: int, job: int) -> NoReturn:
+    main_status: int | None = None
+    while True:
+        info = signal.sigwaitinfo(WAITED)
+        if info.si_signo != signal.SIGCHLD:
+            if main_status is None:
+                try:
+                    os.kill(job, info.si_signo)
+                except ProcessLookupError:
+                    pass
+            continue
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                if main_status is not None:
+                    rss = _children_maxrss_kb()
+                    _send(status_w, f"X {main_status} {rss}\n")
+                    os._exit(0)
+                break
+            if pid == 0:
+                break
+            if pid == job:
+                main_status = status
+                # The main process is gone: so is the job. kill(-1) from PID 1 reaches
+                # every other process in the namespace, double-forked daemons included.
+                try:
+                    os.kill(-1, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+def _children_maxrss_kb() -> int:
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+
+
+def _exec_job(cfg: InitConfig, host_proc: int) -> NoReturn:
+    step = "prepare the job"
+    try:
+        _send(cfg.status_w, f"H {os.readlink('self', dir_fd=host_proc)}\n")
+        os.close(host_proc)
+        # Undo what Python did to this process: blocked signals and ignored SIGPIPE /
+        # SIGXFSZ survive exec and would change the job's behaviour.
+        signal.pthread_sigmask(signal.SIG_SETMASK, ())
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+            signal.signal(sig, signal.SIG_DFL)
+        os.setpgid(0, 0)
+        if cfg.take_terminal:
+            _take_terminal()
+        if cfg.cwd is not None:
+            step = f"change directory to {cfg.cwd!r}"
+            os.chdir(cfg.cwd)
+        step = f"execute {cfg.argv[0]!r}"
+        os.execvp(cfg.argv[0], list(cfg.argv))
+    except OSError as e:
+        if step.startswith("execute"):
+            code = 127 if e.errno in (errno.ENOENT, errno.ENOTDIR) else 126
+        else:
+            code = 125
+        _fail(cfg.err_w, code, f"cannot {step}: {e.strerror}")
+    os._exit(125)  # not reached: execvp returns only by raising
+
+
+def _take_terminal() -> None:
+    """An interactive job in its own process group must own the terminal's foreground,
+    or reading from it stops it with SIGTTIN (as tini does)."""
+    old = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+    try:
+        os.tcsetpgrp(0, os.getpgrp())
+    except OSError:
+        pass
+    finally:
+        signal.signal(signal.SIGTTOU, old)

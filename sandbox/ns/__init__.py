@@ -1,0 +1,1 @@
+"""One module per namespace: mount (the setup plan), pid (PID mapping)."""

@@ -1,0 +1,38 @@
+"""The PID namespace: mapping between host PIDs and namespace PIDs.
+
+/proc/<pid>/task/<tid>/children is not available on every kernel; the NSpid line of
+/proc/<pid>/status is (4.1+), and lists the PID in every namespace from the reader's
+down to the process's own.
+"""
+
+from __future__ import annotations
+
+
+def ns_pids(host_pid: int, proc: str = "/proc") -> list[int] | None:
+    """[host pid, ..., innermost pid] for a process, or None if it is gone."""
+    try:
+        with open(f"{proc}/{host_pid}/status") as f:
+            for line in f:
+                if line.startswith("NSpid:"):
+                    return [int(x) for x in line.split()[1:]]
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None
+
+
+def ns_pid(host_pid: int, proc: str = "/proc") -> int | None:
+    pids = ns_pids(host_pid, proc)
+    return pids[-1] if pids else None
+
+
+def process_start_time(pid: int, proc: str = "/proc") -> int | None:
+    """Start time in clock ticks since boot (field 22 of /proc/<pid>/stat): with the PID,
+    it names a process unambiguously, even after the PID is reused."""
+    try:
+        with open(f"{proc}/{pid}/stat") as f:
+            text = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # the command name (field 2) may contain spaces and parentheses: split after the last ')'
+    fields = text[text.rfind(")") + 2 :].split()
+    return int(fields[19])

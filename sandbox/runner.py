@@ -1,0 +1,354 @@
+"""The launcher: plan, create the cgroup, start the job's init in new namespaces,
+supervise it without polling, and report.
+
+The supervisor sleeps in poll(2) on three pipes (the exec handshake, init's status
+messages, and the signal wakeup pipe) with the timeout as poll's timeout: it uses no
+CPU while the job runs, however long that is.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import sys
+import time
+from typing import Any, NamedTuple
+
+from . import errors, init, report
+from . import syscalls as sc
+from .cgroups import CgroupError, JobCgroup, Usage, job_cgroup
+from .ns import mount as mountns
+from .spec import JobSpec
+
+UNSHARE_FLAGS = sc.CLONE_NEWNS | sc.CLONE_NEWIPC | sc.CLONE_NEWUTS
+
+
+class Outcome(NamedTuple):
+    status: str
+    exit_code: int | None
+    signal: int | None
+    returncode: int
+
+
+def decide(
+    main_status: int | None,
+    init_status: int | None,
+    exec_error: tuple[int, str] | None,
+    timed_out: bool,
+    oom_kills: int | None,
+) -> Outcome:
+    """How the job ended, from what init and the kernel said. Pure: unit-tested."""
+    if exec_error is not None:
+        return Outcome(report.STATUS_FAILED, None, None, exec_error[0])
+    code = sig = None
+    status = main_status if main_status is not None else init_status
+    if status is not None:
+        if os.WIFEXITED(status):
+            code = os.WEXITSTATUS(status)
+        elif os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+    if timed_out:
+        return Outcome(report.STATUS_TIMED_OUT, code, sig, errors.EXIT_TIMEOUT)
+    # An OOM kill anywhere in the job that made it fail: with `sh -c prog` the victim is
+    # prog and sh exits 137 itself, so a non-zero exit counts as well as SIGKILL.
+    if oom_kills and (sig == signal.SIGKILL or (code is not None and code != 0)):
+        return Outcome(report.STATUS_OOM, code, sig, errors.SIGNAL_BASE + signal.SIGKILL)
+    if sig is not None:
+        return Outcome(report.STATUS_SIGNALED, None, sig, errors.SIGNAL_BASE + sig)
+    if code is not None:
+        return Outcome(report.STATUS_EXITED, code, None, code)
+    return Outcome(report.STATUS_FAILED, None, None, errors.EXIT_SANDBOX_FAILED)
+
+
+def _say(message: str) -> None:
+    sys.stderr.write(f"sandbox-run: {message}\n")
+    sys.stderr.flush()
+
+
+def _noop_handler(_signum: int, _frame: object) -> None:
+    """The wakeup pipe carries the signal number; the handler only has to exist."""
+
+
+class Launch:
+    def __init__(self, spec: JobSpec, verbose: bool = False) -> None:
+        self.spec = spec
+        self.verbose = verbose
+        self.report = report.new_report(spec.name)
+        self.report["argv"] = list(spec.argv)
+        self.cg: JobCgroup | None = None
+        self.init_pid: int | None = None
+        self.job_ns_pid: int | None = None
+        self.job_host_pid: int | None = None
+        self.main_status: int | None = None
+        self.maxrss_kb: int | None = None
+        self.exec_error: tuple[int, str] | None = None
+        self.timed_out = False
+        self.started = False
+        self.state_written = False
+
+    # -- the checklist -------------------------------------------------------------
+
+    def run(self) -> int:
+        start_wall = time.time()
+        self.report["started_at"] = start_wall
+        t0 = time.monotonic()
+        init_status: int | None = None
+        usage = Usage()
+        try:
+            ops = mountns.plan(self.spec)
+            self.cg = job_cgroup(self.spec.name, self.spec.cgroup_parent)
+            self.cg.create(self.spec.limits)
+            self.report["cgroup"] = self.cg.primary_path()
+            self.report["cgroup_version"] = self.cg.version
+            init_status = self._start_and_supervise(ops)
+        except CgroupError as e:
+            self.exec_error = (errors.EXIT_SANDBOX_FAILED, str(e))
+        except OSError as e:
+            self.exec_error = (errors.EXIT_SANDBOX_FAILED, f"{e.strerror or e}")
+        finally:
+            self.report["wall_seconds"] = round(time.monotonic() - t0, 6)
+            usage = self._teardown()
+        return self._finish(init_status, usage)
+
+    def _start_and_supervise(self, ops: list[mountns.SetupOp]) -> int | None:
+        assert self.cg is not None
+        spec = self.spec
+        join_fds = self.cg.join_fds()
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        status_r, status_w = os.pipe2(os.O_CLOEXEC)
+        go_r, go_w = os.pipe2(os.O_CLOEXEC)
+        wake_r, wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        close_in_child = [err_r, status_r, go_w, wake_r, wake_w]
+        if spec.report_fd is not None:
+            close_in_child.append(spec.report_fd)
+        cfg = init.InitConfig(
+            argv=spec.argv,
+            cwd=spec.cwd,
+            join_fds=tuple(join_fds),
+            err_w=err_w,
+            status_w=status_w,
+            go_r=go_r,
+            close_fds=tuple(close_in_child),
+            unshare_flags=UNSHARE_FLAGS,
+            mount_ops=tuple(ops),
+            hostname=spec.hostname,
+            take_terminal=_in_foreground(),
+        )
+        # Signals that arrive from here until the handlers exist are held, not lost:
+        # blocked across the fork, they stay blocked in init, which waits for them.
+        signal.pthread_sigmask(signal.SIG_BLOCK, init.FORWARDED)
+        # After this, our next child is PID 1 of a new PID namespace. A launcher runs
+        # one sandbox, so nothing else of ours is ever forked into it.
+        sc.unshare(sc.CLONE_NEWPID)
+        pid = os.fork()
+        if pid == 0:
+            init.main(cfg)  # never returns
+        self.init_pid = pid
+        self.report["init_host_pid"] = pid
+        for fd in (*join_fds, err_w, status_w, go_r):
+            os.close(fd)
+        os.write(go_w, b"g")  # nothing to do between fork and go when we are root
+        for sig in init.FORWARDED:
+            signal.signal(sig, _noop_handler)
+        signal.set_wakeup_fd(wake_w)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, init.FORWARDED)
+        # While init joins the cgroup (the first v1 migration can wait ~10 ms for an
+        # RCU grace period), do our own bookkeeping instead of waiting for it.
+        self._bookkeeping()
+        try:
+            self._supervise(err_r, status_r, wake_r)
+        finally:
+            for fd in (err_r, status_r, go_w, wake_r, wake_w):
+                os.close(fd)
+            signal.set_wakeup_fd(-1)
+        _, init_status = os.waitpid(pid, 0)
+        return init_status
+
+    def _bookkeeping(self) -> None:
+        from . import gc, state
+
+        assert self.cg is not None
+        try:
+            gc.reclaim_stale()
+        except (OSError, CgroupError) as e:
+            _say(f"warning: could not reclaim stale sandboxes: {e}")
+        data: dict[str, Any] = {
+            "name": self.spec.name,
+            "uid": os.getuid(),
+            **state.launcher_identity(),
+            "init_host_pid": self.init_pid,
+            "cgroup": self.cg.primary_path(),
+            "cgroup_version": self.cg.version,
+            "cgroup_paths": self.cg.paths(),
+            "argv": list(self.spec.argv),
+            "started_at": self.report["started_at"],
+        }
+        state.write(self.spec.name, data)
+        self.state_written = True
+
+    def _supervise(self, err_r: int, status_r: int, wake_r: int) -> None:
+        spec = self.spec
+        poller = select.poll()
+        for fd in (err_r, status_r, wake_r):
+            poller.register(fd, select.POLLIN)
+        err_buf = b""
+        status_buf = b""
+        exec_done = False
+        init_gone = False
+        deadline = time.monotonic() + spec.timeout if spec.timeout else None
+        kill_at: float | None = None
+        while not init_gone:
+            now = time.monotonic()
+            timers = [t for t in (deadline, kill_at) if t is not None]
+            wait_ms = None if not timers else max(0, int((min(timers) - now) * 1000) + 1)
+            events = poller.poll(wait_ms)
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                deadline = None
+                self.timed_out = True
+                self._forward(signal.SIGTERM)
+                kill_at = now + spec.kill_grace
+            if kill_at is not None and now >= kill_at:
+                kill_at = None
+                assert self.cg is not None
+                self.cg.kill()  # init included: its status pipe closes, ending the loop
+            for fd, _ev in events:
+                if fd == wake_r:
+                    for signum in os.read(wake_r, 64):
+                        self._forward(signum)
+                        if signum == signal.SIGTERM and kill_at is None:
+                            kill_at = now + spec.kill_grace
+                    continue
+                data = os.read(fd, 4096)
+                if fd == err_r:
+                    if data:
+                        err_buf += data
+                    else:
+                        poller.unregister(err_r)
+                        exec_done = True
+                        if err_buf:
+                            code, _, message = err_buf.decode(errors="replace").partition(" ")
+                            self.exec_error = (int(code) if code.isdigit() else 125, message)
+                elif fd == status_r:
+                    if not data:
+                        poller.unregister(status_r)
+                        init_gone = True
+                    status_buf += data
+                    status_buf = self._messages(status_buf)
+            if exec_done and not self.started and self.exec_error is None and self.job_ns_pid is not None:
+                self._on_started()
+
+    def _messages(self, buf: bytes) -> bytes:
+        *lines, rest = buf.split(b"\n")
+        for line in lines:
+            kind, *values = line.decode().split()
+            if kind == "J":
+                self.job_ns_pid = int(values[0])
+            elif kind == "H":
+                self.job_host_pid = int(values[0])
+            elif kind == "X":
+                self.main_status, self.maxrss_kb = int(values[0]), int(values[1])
+        return rest
+
+    def _forward(self, signum: int) -> None:
+        if self.init_pid is not None:
+            try:
+                os.kill(self.init_pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def _on_started(self) -> None:
+        self.started = True
+        self.report["job_ns_pid"] = self.job_ns_pid
+        self.report["job_host_pid"] = self.job_host_pid
+        event = {
+            "name": self.spec.name,
+            "cgroup": self.report["cgroup"],
+            "cgroup_version": self.report["cgroup_version"],
+            "cgroup_paths": self.cg.paths() if self.cg else None,
+            "init_host_pid": self.init_pid,
+            "job_host_pid": self.job_host_pid,
+            "job_ns_pid": self.job_ns_pid,
+            "started_at": self.report["started_at"],
+        }
+        if self.spec.report_fd is not None:
+            report.write_event(self.spec.report_fd, "started", event)
+        if self.state_written:
+            from . import state
+
+            data = state.read(self.spec.name) or {}
+            data.update(job_host_pid=self.job_host_pid, job_ns_pid=self.job_ns_pid)
+            state.write(self.spec.name, data)
+        if self.verbose:
+            _say(
+                f"started '{self.spec.name}': init pid {self.init_pid}, job pid {self.job_host_pid} "
+                f"(pid {self.job_ns_pid} inside), cgroup {self.report['cgroup']}"
+            )
+
+    # -- the end -------------------------------------------------------------------
+
+    def _teardown(self) -> Usage:
+        """Kill whatever is left, read the final figures, remove the cgroup. Runs on
+        every path, failures included: a leftover cgroup is a bug."""
+        usage = Usage()
+        cg = self.cg
+        if cg is not None and cg.exists():
+            try:
+                cg.kill()
+                usage = cg.usage()
+                cg.remove_dirs()
+            except (OSError, CgroupError) as e:
+                _say(f"error: cannot clean up cgroup {cg.primary_path()}: {e}")
+                if self.exec_error is None:
+                    self.exec_error = (errors.EXIT_SANDBOX_FAILED, f"cannot clean up the cgroup: {e}")
+        if self.state_written:
+            from . import state
+
+            state.remove(self.spec.name)
+        return usage
+
+    def _finish(self, init_status: int | None, usage: Usage) -> int:
+        r = self.report
+        outcome = decide(self.main_status, init_status, self.exec_error, self.timed_out, usage.oom_kills)
+        r["status"], r["exit_code"], r["signal"], r["returncode"] = outcome
+        r["ended_at"] = time.time()
+        r["error"] = self.exec_error[1] if self.exec_error else None
+        r["job_ns_pid"] = self.job_ns_pid
+        r["job_host_pid"] = self.job_host_pid
+        r["cpu_user_seconds"] = usage.cpu_user_seconds
+        r["cpu_system_seconds"] = usage.cpu_system_seconds
+        r["memory_peak_bytes"] = usage.memory_peak_bytes
+        if r["memory_peak_bytes"] is None and self.maxrss_kb:
+            # No cgroup peak on this kernel (memory.peak is 5.19+): the largest single
+            # process's peak RSS, from init's rusage of everything it reaped, is a lower bound.
+            r["memory_peak_bytes"] = self.maxrss_kb * 1024
+            r["memory_peak_source"] = "max_rss_of_largest_process"
+        r["memory_limit_bytes"] = self.spec.limits.memory_bytes
+        r["oom_kills"] = usage.oom_kills
+        r["io_read_bytes"] = usage.io_read_bytes
+        r["io_write_bytes"] = usage.io_write_bytes
+        r["pids_peak"] = usage.pids_peak
+        if self.exec_error is not None:
+            _say(self.exec_error[1])
+        if self.spec.report_path:
+            try:
+                report.write_atomic(self.spec.report_path, r)
+            except OSError as e:
+                _say(f"cannot write report {self.spec.report_path}: {e.strerror}")
+        if self.spec.report_fd is not None:
+            report.write_event(self.spec.report_fd, "exited", r)
+        if self.spec.stats or self.verbose:
+            sys.stderr.write(report.summary(r) + "\n")
+        return int(r["returncode"])
+
+
+def _in_foreground() -> bool:
+    try:
+        return os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp()
+    except OSError:
+        return False
+
+
+def run(spec: JobSpec, verbose: bool = False) -> int:
+    return Launch(spec, verbose).run()

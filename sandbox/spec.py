@@ -1,0 +1,47 @@
+"""The job specification: everything the launcher was asked to do, as plain data.
+
+The CLI (and the Python API, through the CLI) builds one JobSpec; the runner turns it
+into a plan and executes it. Nothing here touches the system.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+from .limits import Limits
+
+NAME_MAX = 64
+_NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def check_name(name: str) -> str:
+    """A sandbox name becomes a cgroup directory and a state file name: keep it to a
+    safe alphabet so that it can never be a path ('/', '..') or a control character."""
+    if not name or len(name) > NAME_MAX:
+        raise ValueError(f"invalid sandbox name {name!r}: must be 1 to {NAME_MAX} characters")
+    if not set(name) <= _NAME_OK or name[0] in ".-":
+        raise ValueError(
+            f"invalid sandbox name {name!r}: use letters, digits, '.', '_' and '-', "
+            "not starting with '.' or '-'"
+        )
+    return name
+
+
+def generate_name() -> str:
+    return f"sb-{os.getpid()}-{os.urandom(4).hex()}"
+
+
+class JobSpec(NamedTuple):
+    argv: tuple[str, ...]
+    name: str
+    limits: Limits = Limits()
+    cgroup_parent: str | None = None  # None: the launcher's own cgroup
+    timeout: float | None = None
+    kill_grace: float = 10.0
+    report_path: str | None = None
+    report_fd: int | None = None
+    stats: bool = False
+    debug: bool = False
+    cwd: str | None = None  # None: the launcher's working directory
+    hostname: str | None = None

@@ -1,0 +1,82 @@
+"""Runtime state of running sandboxes: one JSON file per sandbox in the state directory.
+
+It lets `sandbox gc` (and the next launch) tell a live sandbox from one whose
+launcher was SIGKILLed, and lets later tools find a sandbox by name. It lives in
+/run/sandbox for root and $XDG_RUNTIME_DIR/sandbox otherwise (both are tmpfs: a
+reboot, which also empties every cgroup, empties it too), and each file is removed
+when its sandbox ends.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .ns.pid import process_start_time
+
+
+def state_dir() -> str:
+    override = os.environ.get("SANDBOX_STATE_DIR")
+    if override:
+        return override
+    if os.geteuid() == 0:
+        return "/run/sandbox"
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}"
+    return os.path.join(runtime, "sandbox")
+
+
+def path_for(name: str, directory: str | None = None) -> str:
+    return os.path.join(directory or state_dir(), f"{name}.json")
+
+
+def write(name: str, data: dict[str, Any], directory: str | None = None) -> None:
+    import json
+
+    directory = directory or state_dir()
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    final = path_for(name, directory)
+    tmp = f"{final}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+    os.rename(tmp, final)
+
+
+def read(name: str, directory: str | None = None) -> dict[str, Any] | None:
+    import json
+
+    try:
+        with open(path_for(name, directory)) as f:
+            data = json.load(f)
+    except (FileNotFoundError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def remove(name: str, directory: str | None = None) -> None:
+    try:
+        os.unlink(path_for(name, directory))
+    except FileNotFoundError:
+        pass
+
+
+def names(directory: str | None = None) -> list[str]:
+    try:
+        entries = os.listdir(directory or state_dir())
+    except FileNotFoundError:
+        return []
+    return sorted(e[:-5] for e in entries if e.endswith(".json") and not e.startswith("."))
+
+
+def launcher_identity() -> dict[str, int | None]:
+    pid = os.getpid()
+    return {"launcher_pid": pid, "launcher_start": process_start_time(pid)}
+
+
+def launcher_alive(data: dict[str, Any]) -> bool:
+    """Is the launcher that wrote this state still running? PID plus start time, so a
+    reused PID does not keep a dead sandbox alive."""
+    pid = data.get("launcher_pid")
+    if not isinstance(pid, int):
+        return False
+    start = process_start_time(pid)
+    return start is not None and start == data.get("launcher_start")
