@@ -1,0 +1,115 @@
+"""Shared test fixtures.
+
+Integration tests run the installed `sandbox-run` as a subprocess, as starter code does.
+Every test is checked for leftovers afterwards: a sandbox cgroup, a state file or a
+process of ours that outlives its test fails that test (a leak here leaks on every
+batch node), and is then cleaned up so the next test starts clean.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sandbox.cgroups import PREFIX, detect, job_cgroup
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+SANDBOX_RUN = str(BIN / "sandbox-run")
+SANDBOX = str(BIN / "sandbox")
+LAYOUT = detect()
+IS_ROOT = os.geteuid() == 0
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"cgroup layout: {LAYOUT.kind} (v1 controllers: {sorted(LAYOUT.v1)}; unified: {LAYOUT.unified is not None})"
+
+
+def run_sandbox(*args: str, timeout: float = 60, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    """Run sandbox-run with args; text output captured."""
+    return subprocess.run(
+        [SANDBOX_RUN, *args], capture_output=True, text=True, timeout=timeout, check=False, **kwargs  # type: ignore[call-overload]
+    )
+
+
+def sandbox_cgroup_dirs() -> set[str]:
+    """Every sandbox cgroup directory under our parents in every hierarchy."""
+    found: set[str] = set()
+    probe = job_cgroup("probe", None, LAYOUT)
+    for d in probe.paths().values():
+        base = os.path.dirname(d)
+        try:
+            for entry in os.scandir(base):
+                if entry.name.startswith(PREFIX) and entry.is_dir():
+                    found.add(entry.path)
+        except FileNotFoundError:
+            pass
+    return found
+
+
+def sandbox_processes() -> set[int]:
+    """Processes whose command line mentions sandbox-run or sandbox-init (ours)."""
+    pids = set()
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read()
+            with open(f"/proc/{entry}/comm") as f:
+                comm = f.read().strip()
+        except OSError:
+            continue
+        if b"sandbox-run" in cmd or comm == "sandbox-init":
+            pids.add(int(entry))
+    return pids
+
+
+def state_files() -> set[str]:
+    from sandbox import state
+
+    return set(state.names())
+
+
+@pytest.fixture(autouse=True)
+def no_leftovers(request: pytest.FixtureRequest) -> Iterator[None]:
+    if not IS_ROOT or request.node.get_closest_marker("no_leftover_check"):
+        yield
+        return
+    before_cg, before_procs, before_state = sandbox_cgroup_dirs(), sandbox_processes(), state_files()
+    yield
+    # a launcher the test killed needs a moment for the kernel to take its namespace down
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        procs = sandbox_processes() - before_procs
+        if not procs:
+            break
+        time.sleep(0.05)
+    procs = sandbox_processes() - before_procs
+    cgs = sandbox_cgroup_dirs() - before_cg
+    states = state_files() - before_state
+    for pid in procs:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if cgs or states:
+        subprocess.run([SANDBOX, "gc"], capture_output=True, check=False)
+        for name in states:
+            from sandbox import state
+
+            state.remove(name)
+    assert not procs, f"test left sandbox processes behind: {sorted(procs)}"
+    assert not cgs, f"test left cgroups behind: {sorted(cgs)}"
+    assert not states, f"test left state files behind: {sorted(states)}"
+
+
+needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root (namespaces and cgroups)")
