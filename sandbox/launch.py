@@ -1,0 +1,81 @@
+"""From parsed options to a running job: the entry point of `sandbox-run`.
+
+Both argument parsers end here (argv.py for the common case, click in cli.py for
+everything else), so there is one path from options to JobSpec to runner.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, NoReturn
+
+from . import errors
+from .argv import fast_parse
+from .limits import Limits
+from .spec import JobSpec, generate_name
+
+
+def launch(command: tuple[str, ...], opts: dict[str, Any]) -> int:
+    """Run a parsed command line: the one path both argument parsers lead to."""
+    spec = build_spec(command, opts)
+    if os.geteuid() != 0:
+        raise errors.SandboxError("sandbox-run must run as root (unprivileged use needs the switchboard helper)")
+    if spec.report_path:
+        directory = os.path.dirname(os.path.abspath(spec.report_path))
+        if not os.access(directory, os.W_OK):
+            raise errors.SandboxError(f"--report: cannot write in {directory}")
+    if spec.report_fd is not None:
+        os.set_inheritable(spec.report_fd, False)
+    from .runner import run
+
+    return run(spec, verbose=opts["verbose"])
+
+
+def build_spec(command: tuple[str, ...], opts: dict[str, Any]) -> JobSpec:
+    if not command or not command[0]:
+        raise errors.SandboxError("missing command to run")
+    if opts.get("swap") is not None and opts.get("mem") is None:
+        raise errors.SandboxError("--swap needs --mem")
+    return JobSpec(
+        argv=tuple(command),
+        name=opts.get("name") or generate_name(),
+        limits=Limits(
+            memory_bytes=opts.get("mem"),
+            swap_bytes=opts.get("swap"),
+            pids=opts.get("pids"),
+            cpus=opts.get("cpus"),
+            tmp_bytes=opts.get("tmp_size"),
+        ),
+        cgroup_parent=opts.get("cgroup_parent"),
+        timeout=opts.get("timeout"),
+        kill_grace=opts.get("kill_grace") or 10.0,
+        report_path=opts.get("report_path"),
+        report_fd=opts.get("report_fd"),
+        stats=bool(opts.get("stats")),
+        debug=bool(opts.get("debug")),
+        cwd=opts.get("cwd"),
+    )
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    sys.stderr.write(f"sandbox-run: {message}\n")
+    sys.exit(code)
+
+
+def run_main(argv: list[str] | None = None) -> NoReturn:
+    args = sys.argv[1:] if argv is None else argv
+    parsed = fast_parse(args)
+    if parsed is None:
+        from .cli import run_with_click
+
+        run_with_click(args)
+    opts, command = parsed
+    try:
+        sys.exit(launch(command, opts))
+    except errors.SandboxError as e:
+        if opts.get("debug"):
+            raise
+        _fail(e.message, e.exit_code)
+
+
