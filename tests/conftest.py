@@ -39,15 +39,25 @@ def run_sandbox(*args: str, timeout: float = 60, **kwargs: object) -> subprocess
     )
 
 
+def _live_elsewhere(name: str) -> bool:
+    """A sandbox whose launcher is alive and not ours (another test session running at
+    the same time on this machine): not a leftover of this test."""
+    from sandbox import state
+
+    data = state.read(name)
+    return data is not None and state.launcher_alive(data)
+
+
 def sandbox_cgroup_dirs() -> set[str]:
-    """Every sandbox cgroup directory under our parents in every hierarchy."""
+    """Sandbox cgroup directories under our parents in every hierarchy, except those of
+    sandboxes that are alive (their launcher runs)."""
     found: set[str] = set()
     probe = job_cgroup("probe", None, LAYOUT)
     for d in probe.paths().values():
         base = os.path.dirname(d)
         try:
             for entry in os.scandir(base):
-                if entry.name.startswith(PREFIX) and entry.is_dir():
+                if entry.name.startswith(PREFIX) and entry.is_dir() and not _live_elsewhere(entry.name[len(PREFIX):]):
                     found.add(entry.path)
         except FileNotFoundError:
             pass
@@ -55,9 +65,11 @@ def sandbox_cgroup_dirs() -> set[str]:
 
 
 def sandbox_processes() -> set[int]:
-    """Processes whose command line mentions sandbox-run or sandbox-init (ours)."""
+    """Processes of sandbox-run (launchers and inits) in this test session's session:
+    other sessions' sandboxes on the same machine are not ours to judge."""
     pids = set()
     me = os.getpid()
+    sid = os.getsid(0)
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == me:
             continue
@@ -68,15 +80,23 @@ def sandbox_processes() -> set[int]:
                 comm = f.read().strip()
         except OSError:
             continue
-        if b"sandbox-run" in cmd or comm == "sandbox-init":
+        if (b"sandbox-run" in cmd or comm == "sandbox-init") and _same_session(int(entry), sid):
             pids.add(int(entry))
     return pids
 
 
+def _same_session(pid: int, sid: int) -> bool:
+    try:
+        return os.getsid(pid) == sid
+    except OSError:
+        return False
+
+
 def state_files() -> set[str]:
+    """State files of sandboxes whose launcher is gone."""
     from sandbox import state
 
-    return set(state.names())
+    return {n for n in state.names() if not _live_elsewhere(n)}
 
 
 @pytest.fixture(autouse=True)
