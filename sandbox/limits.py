@@ -31,7 +31,8 @@ def parse_size(text: str, what: str = "size") -> int:
     number = body.strip()
     if not number or number.count(".") > 1 or not number.replace(".", "").isdigit() or not number.isascii():
         raise bad
-    value = float(number) * _SCALE[unit]
+    # whole numbers stay ints: a float would round byte counts above 2**53
+    value = float(number) * _SCALE[unit] if "." in number else int(number) * _SCALE[unit]
     if unit == "" and "." in number:
         raise ValueError(f"invalid {what} {text!r}: a byte count must be a whole number")
     result = int(value)
