@@ -133,3 +133,28 @@ def no_leftovers(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root (namespaces and cgroups)")
+
+
+# -- layout lanes ------------------------------------------------------------------
+# CI runs the `cgroup` tests a second time in a pure cgroup v2 guest with
+# SANDBOX_REQUIRE_LAYOUT=v2. There, running on another layout is an error, and so is a
+# cgroup test that skipped: a lane that silently skips its tests proves nothing.
+
+_skipped_cgroup_tests: list[str] = []
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    required = os.environ.get("SANDBOX_REQUIRE_LAYOUT")
+    if required and LAYOUT.kind != required:
+        raise pytest.UsageError(f"this lane needs the {required} cgroup layout, but the host has {LAYOUT.kind}")
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and "cgroup" in report.keywords and os.environ.get("SANDBOX_REQUIRE_LAYOUT"):
+        _skipped_cgroup_tests.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _skipped_cgroup_tests:
+        print(f"\ncgroup tests skipped on the {LAYOUT.kind} lane (not allowed): {_skipped_cgroup_tests}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
