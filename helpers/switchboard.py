@@ -1,0 +1,797 @@
+#!/usr/bin/python3 -I -S
+"""sandbox-switchboard: the root-owned helper that does, for an unprivileged sandbox-run,
+the few cgroup steps it cannot do itself (HTCondor's condor_root_switchboard design).
+
+TRUSTED CODE. It runs as root on behalf of any member of the configured group, so it
+is kept small and self-contained: standard library only, never the `sandbox` package
+(a checkout is user-writable), started by a setuid wrapper with a clean environment
+as `/usr/bin/python3 -I -S -B`. One request per invocation: a JSON object on stdin,
+a JSON reply on stdout, or a refusal: exit 1 (2 for a broken installation) and one
+line on stderr. Every request is logged, granted or refused.
+
+Operations (closed set; nothing writes an arbitrary file or runs a command):
+  create  {"name", "limits": {"memory", "swap", "pids", "cpus"}, ["execute_dir"]}
+          make sandbox-<name> under the configured parent in each hierarchy, set the
+          limits (unset ones become the configured maxima), hand it to the caller.
+  attach  {"name", "pid"}  move one of the caller's processes into its sandbox (the
+          cgroup v2 rule needs write access to the common ancestor, which is root's).
+  destroy {"name"}  kill everything in one of the caller's sandboxes and remove it.
+"""
+
+from __future__ import annotations
+
+import errno
+import grp
+import json
+import os
+import pwd
+import select
+import signal
+import stat
+import sys
+import time
+
+VERSION = 1
+CONFIG = "/etc/sandbox/switchboard.toml"
+MAX_REQUEST = 4096
+PREFIX = "sandbox-"
+NAME_MAX = 64
+NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+CPU_PERIOD_US = 100_000
+# The controllers a job's cgroup is made in, per host layout (as the launcher's backends use them).
+V1_WANTED = {"hybrid": ("memory", "pids", "cpu", "blkio"), "v1": ("memory", "pids", "cpu", "cpuacct", "blkio", "freezer")}
+V2_CONTROLLERS = ("memory", "pids", "cpu", "io")
+# What the caller gets: its directory (sub-cgroups, as with systemd's Delegate=) and the files
+# to move its own processes, kill and freeze its own job. Never a limit file: limits are ours.
+HANDED_V1 = ("cgroup.procs", "tasks", "freezer.state")
+HANDED_V2 = ("cgroup.procs", "cgroup.threads", "cgroup.subtree_control", "cgroup.kill", "cgroup.freeze")
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class Refusal(Exception):
+    """A refused request: one line for the caller, exit status 1."""
+
+
+class Broken(Exception):
+    """The installation itself is unsafe or broken: exit status 2."""
+
+
+# -- request parsing (pure: property-tested) ----------------------------------------
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in pairs:
+        if key in out:
+            raise Refusal(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str) -> object:
+    raise Refusal(f"{name} is not a number")
+
+
+def check_name(name: object) -> str:
+    if not isinstance(name, str) or not name or len(name) > NAME_MAX:
+        raise Refusal(f"name must be a string of 1 to {NAME_MAX} characters")
+    if not set(name) <= NAME_OK or name[0] in ".-":
+        raise Refusal("name may hold only letters, digits, '.', '_' and '-', not first '.' or '-'")
+    return name
+
+
+def _int(value: object, what: str, low: int, high: int) -> int:
+    if type(value) is not int or not low <= value <= high:
+        raise Refusal(f"{what} must be a whole number from {low} to {high}")
+    return value
+
+
+def _cpus(value: object) -> float:
+    if type(value) not in (int, float) or not 0.01 <= value <= 4096:  # type: ignore[operator]
+        raise Refusal("cpus must be a number from 0.01 to 4096")
+    return float(value)  # type: ignore[arg-type]
+
+
+OPS = {"create": {"name", "limits", "execute_dir"}, "attach": {"name", "pid"}, "destroy": {"name"}}
+LIMIT_KEYS = {"memory", "swap", "pids", "cpus"}
+
+
+def parse_request(raw: bytes) -> dict[str, object]:
+    """Validate a request completely before anything is done. Raises only Refusal."""
+    if len(raw) > MAX_REQUEST:
+        raise Refusal(f"request larger than {MAX_REQUEST} bytes")
+    try:
+        req = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    except Refusal:
+        raise
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise Refusal("request is not valid JSON") from None
+    if not isinstance(req, dict):
+        raise Refusal("request must be a JSON object")
+    if req.get("version") != VERSION or type(req.get("version")) is not int:
+        raise Refusal(f"unsupported request version (this switchboard speaks {VERSION})")
+    op = req.get("op")
+    if not isinstance(op, str) or op not in OPS:
+        raise Refusal("unknown operation")
+    extra = set(req) - OPS[op] - {"version", "op"}
+    if extra:
+        raise Refusal(f"unexpected field {sorted(extra)[0]!r} for {op}")
+    out: dict[str, object] = {"op": op, "name": check_name(req.get("name"))}
+    if op == "attach":
+        out["pid"] = _int(req.get("pid"), "pid", 2, 1 << 22)
+    if op == "create":
+        limits = req.get("limits", {})
+        if not isinstance(limits, dict) or set(limits) - LIMIT_KEYS:
+            raise Refusal(f"limits must be an object with keys from {sorted(LIMIT_KEYS)}")
+        parsed: dict[str, int | float | None] = {}
+        for key in LIMIT_KEYS:
+            value = limits.get(key)
+            if value is None:
+                parsed[key] = None
+            elif key == "cpus":
+                parsed[key] = _cpus(value)
+            elif key == "pids":
+                parsed[key] = _int(value, key, 1, 1 << 22)
+            else:
+                parsed[key] = _int(value, key, 0 if key == "swap" else 1, (1 << 62) - 1)
+        out["limits"] = parsed
+        xdir = req.get("execute_dir")
+        if xdir is not None:
+            out["execute_dir"] = check_path(xdir)
+    return out
+
+
+def check_path(path: object) -> str:
+    """An absolute, normalized path: no '.', '..', empty components or NUL."""
+    if not isinstance(path, str) or not path.startswith("/") or len(path) > 4096:
+        raise Refusal("execute_dir must be an absolute path")
+    parts = path.split("/")[1:]
+    if path == "/" or any(p in ("", ".", "..") for p in parts) or "\0" in path:
+        raise Refusal("execute_dir must be a normalized path (no '.', '..', '//' or NUL)")
+    return path
+
+
+# -- configuration -----------------------------------------------------------------
+
+
+def _check_owned_by_root(st: os.stat_result, path: str) -> None:
+    if st.st_uid != 0 or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise Broken(f"{path} must be owned by root and writable by root only")
+
+
+def load_config(path: str = CONFIG) -> dict[str, object]:
+    """The root-owned configuration. The file and every directory above it must be
+    writable by root only: whoever can change it controls what we do as root."""
+    import tomllib
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise Broken(f"cannot open {path}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise Broken(f"{path} is not a regular file")
+        _check_owned_by_root(st, path)
+        d = os.path.dirname(path)
+        while True:
+            dst = os.lstat(d)
+            if not stat.S_ISDIR(dst.st_mode):
+                raise Broken(f"{d} is not a directory")
+            _check_owned_by_root(dst, d)
+            if d == "/":
+                break
+            d = os.path.dirname(d)
+        data = os.read(fd, 1 << 16)
+    finally:
+        os.close(fd)
+    try:
+        cfg = tomllib.loads(data.decode())
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise Broken(f"{path}: {e}") from None
+    return cfg
+
+
+def _cfg_int(cfg: dict[str, object], key: str) -> int | None:
+    value = cfg.get(key)
+    if value is None:
+        return None
+    if type(value) is not int or value < 0:
+        raise Broken(f"config: {key} must be a whole number")
+    return value
+
+
+# -- caller identity and logging -----------------------------------------------------
+
+
+class Caller:
+    def __init__(self) -> None:
+        # From the kernel: the real ids of a setuid process are the invoker's.
+        self.uid = os.getuid()
+        self.gid = os.getgid()
+        self.groups = {self.gid, *os.getgroups()}
+        try:
+            self.user = pwd.getpwuid(self.uid).pw_name
+        except KeyError:
+            self.user = str(self.uid)
+
+    def allowed(self, cfg: dict[str, object]) -> bool:
+        if self.uid == 0:
+            return True
+        users = cfg.get("allowed_users", [])
+        groups = cfg.get("allowed_groups", [])
+        if not isinstance(users, list) or not isinstance(groups, list):
+            raise Broken("config: allowed_users and allowed_groups must be lists")
+        if self.user in users:
+            return True
+        for name in groups:
+            try:
+                if grp.getgrnam(str(name)).gr_gid in self.groups:
+                    return True
+            except KeyError:
+                continue
+        return False
+
+
+class Log:
+    """syslog (authpriv) where /dev/log exists, else a root-owned file rotated by size
+    under an flock, so that concurrent helpers neither lose nor interleave lines."""
+
+    def __init__(self, cfg: dict[str, object]) -> None:
+        self.path = str(cfg.get("log_file") or "/var/log/sandbox-switchboard.log")
+        self.max_bytes = _cfg_int(cfg, "log_max_bytes") or 1 << 20
+        self.keep = _cfg_int(cfg, "log_keep") or 3
+        self.syslog = os.path.exists("/dev/log") and not cfg.get("log_file")
+
+    def write(self, line: str) -> None:
+        if self.syslog:
+            import syslog
+
+            syslog.openlog("sandbox-switchboard", syslog.LOG_PID, syslog.LOG_AUTHPRIV)
+            syslog.syslog(syslog.LOG_INFO, line)
+            return
+        import fcntl
+
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        data = f"{stamp} [{os.getpid()}] {line}\n".encode(errors="replace")
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        for _attempt in range(5):
+            fd = os.open(self.path, flags, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                st = os.fstat(fd)
+                try:
+                    current = os.stat(self.path, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # rotated away while we waited for the lock: reopen
+                if (current.st_dev, current.st_ino) != (st.st_dev, st.st_ino):
+                    continue
+                if st.st_size and st.st_size + len(data) > self.max_bytes:
+                    for i in range(self.keep - 1, 0, -1):
+                        try:
+                            os.rename(f"{self.path}.{i}", f"{self.path}.{i + 1}")
+                        except FileNotFoundError:
+                            pass
+                    os.rename(self.path, f"{self.path}.1")
+                    continue
+                os.write(fd, data)
+                return
+            finally:
+                os.close(fd)
+        raise OSError(errno.EAGAIN, "log rotation raced too often")
+
+
+# -- cgroup hierarchies ----------------------------------------------------------------
+
+
+def _unescape(field: str) -> str:
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def hierarchies() -> tuple[str, dict[str, tuple[str, str]]]:
+    """(layout kind, hierarchy key -> (mountpoint, mount root)) from the kernel's mount
+    table. Keys: v1 controller names and 'unified'."""
+    v1: dict[str, tuple[str, str]] = {}
+    unified = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, sep, right = line.partition(" - ")
+            lf, rf = left.split(), right.split()
+            if not sep or len(lf) < 5 or len(rf) < 3:
+                continue
+            where = (_unescape(lf[4]), _unescape(lf[3]))
+            if rf[0] == "cgroup2" and unified is None:
+                unified = where
+            elif rf[0] == "cgroup":
+                for ctrl in set(rf[2].split(",")) & set(V1_WANTED["v1"]):
+                    v1.setdefault(ctrl, where)
+    kind = "hybrid" if v1 and unified else "v1" if v1 else "v2" if unified else "none"
+    out = {c: v1[c] for c in V1_WANTED.get(kind, ()) if c in v1}
+    if unified is not None:
+        out["unified"] = unified
+    if not out:
+        raise Broken("no cgroup hierarchy is mounted")
+    return kind, out
+
+
+def parent_paths(cfg: dict[str, object], layout: dict[str, tuple[str, str]]) -> dict[str, tuple[str, str, str]]:
+    """key -> (mountpoint, parent relative to it, parent's hierarchy path), per hierarchy."""
+    section = cfg.get("cgroup", {})
+    if not isinstance(section, dict):
+        raise Broken("config: [cgroup] must be a table")
+    default = section.get("parent", "/sandbox-switchboard")
+    overrides = section.get("parents", {})
+    if not isinstance(overrides, dict):
+        raise Broken("config: [cgroup.parents] must be a table")
+    out = {}
+    for key, (mountpoint, root) in layout.items():
+        path = overrides.get(key, default)
+        try:
+            path = check_path(path)
+        except Refusal:
+            raise Broken(f"config: cgroup parent for {key} must be a normalized absolute path") from None
+        root = root.rstrip("/")
+        if root and not path.startswith(root + "/"):
+            raise Broken(f"config: cgroup parent {path} is not visible in the mount at {mountpoint}")
+        out[key] = (mountpoint, path[len(root) :].strip("/"), path)
+    return out
+
+
+def open_dir(path: str, create_last: bool = False) -> int:
+    """Open a directory one component at a time with O_NOFOLLOW, so that no symlink
+    anywhere in the path is followed, and every later step works on the fd, never on
+    the name again (nothing can be swapped between check and use)."""
+    fd = os.open("/", DIR_FLAGS)
+    parts = [p for p in path.split("/") if p]
+    try:
+        for i, part in enumerate(parts):
+            if create_last and i == len(parts) - 1:
+                try:
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                except FileExistsError:
+                    pass
+            try:
+                nfd = os.open(part, DIR_FLAGS, dir_fd=fd)
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    raise Refusal(f"{path}: a path component is a symbolic link") from None
+                if e.errno in (errno.ENOENT, errno.ENOTDIR):
+                    raise Refusal(f"{path}: no such directory") from None
+                raise
+            os.close(fd)
+            fd = nfd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def write_at(dir_fd: int, name: str, value: str) -> None:
+    fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
+def read_at(dir_fd: int, name: str) -> str:
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return ""
+    try:
+        return os.read(fd, 1 << 16).decode()
+    finally:
+        os.close(fd)
+
+
+def exists_at(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+class Job:
+    """One sandbox's cgroup directories, each held open as an fd."""
+
+    def __init__(self, cfg: dict[str, object], name: str) -> None:
+        self.kind, layout = hierarchies()
+        self.parents = parent_paths(cfg, layout)
+        self.dirname = PREFIX + name
+        self.fds: dict[str, int] = {}
+        self.parent_fds: dict[str, int] = {}
+
+    def path(self, key: str) -> str:
+        mountpoint, rel, _ = self.parents[key]
+        return os.path.join(mountpoint, rel, self.dirname)
+
+    def hierarchy_path(self, key: str) -> str:
+        return self.parents[key][2].rstrip("/") + "/" + self.dirname
+
+    def open_parents(self, create: bool = False) -> None:
+        for key, (mountpoint, rel, _) in self.parents.items():
+            if key not in self.parent_fds:
+                self.parent_fds[key] = open_dir(os.path.join(mountpoint, rel), create_last=create and bool(rel))
+
+    def open_existing(self, caller: Caller) -> None:
+        """Open the job's directories and check they are the caller's: the owner of a
+        directory we created is the one we handed it to, and only we create here."""
+        self.open_parents()
+        for key, pfd in self.parent_fds.items():
+            try:
+                fd = os.open(self.dirname, DIR_FLAGS, dir_fd=pfd)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise Refusal(f"cannot open {self.path(key)}: {e.strerror}") from None
+            self.fds[key] = fd
+            if os.fstat(fd).st_uid != caller.uid and caller.uid != 0:
+                raise Refusal(f"sandbox {self.dirname[len(PREFIX):]} belongs to another user")
+        if not self.fds:
+            raise Refusal(f"no sandbox named {self.dirname[len(PREFIX):]}")
+
+    def close(self) -> None:
+        for fd in (*self.fds.values(), *self.parent_fds.values()):
+            os.close(fd)
+        self.fds.clear()
+        self.parent_fds.clear()
+
+
+def _enable_v2_controllers(job: Job) -> set[str]:
+    """Make memory/pids/cpu/io available to children of the configured v2 parent: enable
+    them in every ancestor's cgroup.subtree_control from the mount root down (adding only)."""
+    mountpoint, rel, _ = job.parents["unified"]
+    fd = open_dir(mountpoint)
+    try:
+        for part in [*rel.split("/"), None] if rel else [None]:
+            available = set(read_at(fd, "cgroup.controllers").split())
+            enabled = set(read_at(fd, "cgroup.subtree_control").split())
+            missing = [c for c in V2_CONTROLLERS if c in available and c not in enabled]
+            if missing:
+                try:
+                    write_at(fd, "cgroup.subtree_control", " ".join("+" + c for c in missing))
+                except OSError as e:
+                    raise Refusal(f"cannot enable {' '.join(missing)} in the v2 parent: {e.strerror}") from None
+            if part is None:
+                return (enabled | set(missing)) & set(V2_CONTROLLERS)
+            nfd = os.open(part, DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+    finally:
+        os.close(fd)
+    return set()
+
+
+def effective_limits(cfg: dict[str, object], asked: dict[str, int | float | None]) -> dict[str, int | float | None]:
+    """The request's limits within the configured maxima; an unset limit becomes the maximum."""
+    lim = cfg.get("limits", {})
+    if not isinstance(lim, dict):
+        raise Broken("config: [limits] must be a table")
+    out = dict(asked)
+    for key, cfg_key in (("memory", "max_memory_bytes"), ("swap", "max_swap_bytes"), ("pids", "max_pids")):
+        high = _cfg_int(lim, cfg_key)
+        if high is not None:
+            if out[key] is not None and out[key] > high:  # type: ignore[operator]
+                raise Refusal(f"{key} {out[key]} is above the maximum {high}")
+            if out[key] is None:
+                out[key] = high
+    max_cpus = lim.get("max_cpus")
+    if max_cpus is not None:
+        if type(max_cpus) not in (int, float) or max_cpus <= 0:
+            raise Broken("config: max_cpus must be a positive number")
+        if out["cpus"] is not None and out["cpus"] > max_cpus:  # type: ignore[operator]
+            raise Refusal(f"cpus {out['cpus']} is above the maximum {max_cpus}")
+        if out["cpus"] is None:
+            out["cpus"] = float(max_cpus)
+    if out["memory"] is None and out["swap"]:
+        raise Refusal("swap needs a memory limit")
+    return out
+
+
+def _set_limits(key: str, fd: int, limits: dict[str, int | float | None], v2_enabled: set[str]) -> None:
+    mem, swap, pids, cpus = limits["memory"], limits["swap"] or 0, limits["pids"], limits["cpus"]
+    quota = None if cpus is None else max(1000, round(cpus * CPU_PERIOD_US))
+    if key == "unified":
+        if mem is not None and "memory" in v2_enabled:
+            write_at(fd, "memory.max", str(mem))
+            if exists_at(fd, "memory.swap.max"):
+                write_at(fd, "memory.swap.max", str(swap))
+        if pids is not None and "pids" in v2_enabled:
+            write_at(fd, "pids.max", str(pids))
+        if quota is not None and "cpu" in v2_enabled:
+            write_at(fd, "cpu.max", f"{quota} {CPU_PERIOD_US}")
+    elif key == "memory" and mem is not None:
+        write_at(fd, "memory.limit_in_bytes", str(mem))
+        if exists_at(fd, "memory.memsw.limit_in_bytes"):
+            write_at(fd, "memory.memsw.limit_in_bytes", str(mem + int(swap)))
+    elif key == "pids" and pids is not None:
+        write_at(fd, "pids.max", str(pids))
+    elif key == "cpu" and quota is not None:
+        write_at(fd, "cpu.cfs_period_us", str(CPU_PERIOD_US))
+        write_at(fd, "cpu.cfs_quota_us", str(quota))
+
+
+def check_execute_dir(cfg: dict[str, object], caller: Caller, path: str) -> None:
+    roots = cfg.get("execute_roots", [])
+    if not isinstance(roots, list):
+        raise Broken("config: execute_roots must be a list")
+    if not any(path == r or path.startswith(str(r).rstrip("/") + "/") for r in roots):
+        raise Refusal(f"execute_dir {path} is not under an allowed execute root")
+    fd = open_dir(path)
+    try:
+        if caller.uid != 0 and os.fstat(fd).st_uid != caller.uid:
+            raise Refusal(f"execute_dir {path} is not owned by the caller")
+    finally:
+        os.close(fd)
+
+
+def op_create(cfg: dict[str, object], caller: Caller, req: dict[str, object]) -> dict[str, object]:
+    limits = effective_limits(cfg, req["limits"])  # type: ignore[arg-type]
+    if "execute_dir" in req:
+        check_execute_dir(cfg, caller, str(req["execute_dir"]))
+    job = Job(cfg, str(req["name"]))
+    made: list[str] = []
+    try:
+        v2_enabled = _enable_v2_controllers(job) if job.kind == "v2" else set()
+        needed = {"memory": "memory", "pids": "pids", "cpus": "cpu"}
+        for lim, ctrl in needed.items():
+            if job.kind == "v2" and limits[lim] is not None and ctrl not in v2_enabled:
+                raise Refusal(f"the {ctrl} controller is not available in the v2 parent")
+        job.open_parents(create=True)
+        for key, pfd in job.parent_fds.items():
+            try:
+                os.mkdir(job.dirname, 0o755, dir_fd=pfd)
+            except FileExistsError:
+                raise Refusal(f"sandbox {req['name']} already exists") from None
+            made.append(key)
+            fd = os.open(job.dirname, DIR_FLAGS, dir_fd=pfd)
+            job.fds[key] = fd
+            _set_limits(key, fd, limits, v2_enabled)
+        for key, fd in job.fds.items():
+            for name in HANDED_V2 if key == "unified" else HANDED_V1:
+                if exists_at(fd, name):
+                    os.chown(name, caller.uid, caller.gid, dir_fd=fd, follow_symlinks=False)
+            # the directory last: its owner is the record of whose sandbox this is
+            os.fchown(fd, caller.uid, caller.gid)
+    except BaseException as e:
+        for key in made:
+            try:
+                os.rmdir(job.dirname, dir_fd=job.parent_fds[key])
+            except OSError:
+                pass
+        job.close()
+        if isinstance(e, OSError):
+            raise Refusal(f"cannot create the cgroup: {e.strerror}") from None
+        raise
+    paths = {key: job.path(key) for key in job.fds}
+    job.close()
+    return {"paths": paths, "limits": limits, "layout": job.kind}
+
+
+def _pidfd_alive(pidfd: int) -> bool:
+    p = select.poll()
+    p.register(pidfd, select.POLLIN)
+    return not p.poll(0)
+
+
+def _status_uids(pid: int) -> set[int]:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Uid:"):
+                    return {int(x) for x in line.split()[1:]}
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return set()
+
+
+def op_attach(cfg: dict[str, object], caller: Caller, req: dict[str, object]) -> dict[str, object]:
+    pid = int(req["pid"])  # type: ignore[call-overload]
+    job = Job(cfg, str(req["name"]))
+    try:
+        job.open_existing(caller)
+        # The pidfd pins the process identity: checks made while it is alive, and a
+        # write made while it is still alive afterwards, all concern that one process
+        # (a PID is not reused before its process is gone).
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            raise Refusal(f"no process {pid}") from None
+        try:
+            if _status_uids(pid) != {caller.uid} or not _pidfd_alive(pidfd):
+                raise Refusal(f"process {pid} is not the caller's")
+            for fd in job.fds.values():
+                write_at(fd, "cgroup.procs", str(pid))
+            if not _pidfd_alive(pidfd) or _status_uids(pid) != {caller.uid}:
+                raise Refusal(f"process {pid} exited during attach (possible PID reuse: logged)")
+        finally:
+            os.close(pidfd)
+    except OSError as e:
+        raise Refusal(f"cannot attach {pid}: {e.strerror}") from None
+    finally:
+        job.close()
+    return {}
+
+
+def _procs(fd: int) -> list[int]:
+    pids = [int(p) for p in read_at(fd, "cgroup.procs").split()]
+    for entry in os.scandir(fd):
+        if entry.is_dir(follow_symlinks=False):
+            sub = os.open(entry.name, DIR_FLAGS, dir_fd=fd)
+            try:
+                pids += _procs(sub)
+            finally:
+                os.close(sub)
+    return pids
+
+
+def _in_cgroup(pid: int, key: str, path: str) -> bool:
+    with open(f"/proc/{pid}/cgroup") as f:
+        for line in f:
+            _, ctrls, where = line.rstrip("\n").split(":", 2)
+            mine = ctrls == "" if key == "unified" else key in ctrls.split(",")
+            if mine and (where == path or where.startswith(path + "/")):
+                return True
+    return False
+
+
+def _kill_v1(fd: int, key: str, path: str, freezer: int | None, deadline: float) -> None:
+    """No cgroup.kill: SIGKILL each task through a pidfd, after checking through that
+    pidfd that the process is still in this cgroup (a PID read from cgroup.procs may
+    have been reused by anyone's process by the time we signal it)."""
+    while True:
+        pids = _procs(fd)
+        if not pids:
+            return
+        if freezer is not None:
+            write_at(freezer, "freezer.state", "FROZEN")
+        try:
+            for pid in pids:
+                try:
+                    pidfd = os.pidfd_open(pid)
+                except ProcessLookupError:
+                    continue
+                try:
+                    if _in_cgroup(pid, key, path) and _pidfd_alive(pidfd):
+                        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                except (FileNotFoundError, ProcessLookupError):
+                    pass
+                finally:
+                    os.close(pidfd)
+        finally:
+            if freezer is not None:
+                write_at(freezer, "freezer.state", "THAWED")
+        if time.monotonic() > deadline:
+            raise Refusal("processes survived SIGKILL")
+        time.sleep(0.005)
+
+
+def _rmdir_tree(parent: int, name: str) -> None:
+    fd = os.open(name, DIR_FLAGS, dir_fd=parent)
+    try:
+        for entry in list(os.scandir(fd)):
+            if entry.is_dir(follow_symlinks=False):
+                _rmdir_tree(fd, entry.name)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=parent)
+
+
+def op_destroy(cfg: dict[str, object], caller: Caller, req: dict[str, object]) -> dict[str, object]:
+    job = Job(cfg, str(req["name"]))
+    deadline = time.monotonic() + 10
+    try:
+        job.open_existing(caller)
+        ufd = job.fds.get("unified")
+        if ufd is not None and exists_at(ufd, "cgroup.kill"):
+            write_at(ufd, "cgroup.kill", "1")
+            while "populated 1" in read_at(ufd, "cgroup.events"):
+                if time.monotonic() > deadline:
+                    raise Refusal("processes survived cgroup.kill")
+                time.sleep(0.002)
+        for key, fd in job.fds.items():
+            _kill_v1(fd, key, job.hierarchy_path(key), job.fds.get("freezer") if key != "unified" else None, deadline)
+        for key, pfd in job.parent_fds.items():
+            if key in job.fds:
+                _rmdir_tree(pfd, job.dirname)
+    except OSError as e:
+        raise Refusal(f"cannot destroy {req['name']}: {e.strerror}") from None
+    finally:
+        job.close()
+    return {}
+
+
+# -- the process -------------------------------------------------------------------------
+
+
+def harden() -> None:
+    """Make the caller unable to interfere with us once we act as root."""
+    # Signals: with the real uid still the caller's, the caller could SIGSTOP us between
+    # a check and the use (and widen any race at will); a terminal sends SIGINT/SIGHUP/
+    # SIGTSTP without any permission check, so those are ignored too.
+    for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU):
+        signal.signal(sig, signal.SIG_IGN)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    if os.geteuid() == 0:
+        os.setgroups([])
+        os.setresgid(0, 0, 0)
+        os.setresuid(0, 0, 0)
+    os.umask(0o022)
+    os.chdir("/")
+    # A caller-set RLIMIT_FSIZE or RLIMIT_CPU could stop us halfway (SIGXFSZ in the log
+    # write, SIGXCPU mid-operation): lift them, or refuse if we cannot.
+    import resource
+
+    for res in (resource.RLIMIT_FSIZE, resource.RLIMIT_CPU, resource.RLIMIT_AS):
+        soft, hard = resource.getrlimit(res)
+        try:
+            resource.setrlimit(res, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        except (ValueError, OSError):
+            if hard != resource.RLIM_INFINITY:
+                raise Broken("resource limits set by the caller could interrupt the switchboard") from None
+            resource.setrlimit(res, (hard, hard))
+    # The initial user namespace only. An unprivileged user can make a mount namespace
+    # (its own /sys/fs/cgroup, its own /etc) only inside a user namespace of its own, and
+    # the kernel honours no setuid bit there; this check says so explicitly.
+    with open("/proc/self/uid_map") as f:
+        if f.read().split() != ["0", "0", "4294967295"]:
+            raise Broken("the switchboard runs only in the initial user namespace")
+
+
+def _summary(req: dict[str, object] | None, raw: bytes) -> str:
+    if req is None:
+        return f"raw={raw[:200]!r} ({len(raw)} bytes)"
+    return json.dumps({k: v for k, v in req.items() if k != "op"}, sort_keys=True)
+
+
+def main(config_path: str = CONFIG) -> int:
+    caller = Caller()
+    log: Log | None = None
+    req: dict[str, object] | None = None
+    raw = b""
+    try:
+        harden()
+        cfg = load_config(config_path)
+        log = Log(cfg)
+        raw = sys.stdin.buffer.read(MAX_REQUEST + 1)
+        if not caller.allowed(cfg):
+            raise Refusal(f"user {caller.user} is not allowed to use the switchboard")
+        req = parse_request(raw)
+        op = {"create": op_create, "attach": op_attach, "destroy": op_destroy}[str(req["op"])]
+        reply = op(cfg, caller, req)
+    except (Refusal, Broken, Exception) as e:
+        # Anything else is a bug: still one line and a log entry, never a traceback
+        # (a root traceback would show the caller our internals and state).
+        if isinstance(e, (Refusal, Broken)):
+            reason = str(e).replace("\n", " ")
+        else:
+            reason = f"internal error: {type(e).__name__}: {e}".replace("\n", " ")
+        what = req["op"] if req else "request"
+        try:
+            (log or Log({})).write(f"uid={caller.uid}({caller.user}) op={what} args={_summary(req, raw)} REFUSED: {reason}")
+        except (OSError, Broken):
+            pass
+        sys.stderr.write(f"sandbox-switchboard: {reason}\n")
+        return 1 if isinstance(e, Refusal) else 2
+    assert log is not None
+    try:
+        log.write(f"uid={caller.uid}({caller.user}) op={req['op']} args={_summary(req, raw)} OK {json.dumps(reply)}")
+    except OSError as e:
+        # done but not logged: say so loudly rather than pretend
+        sys.stderr.write(f"sandbox-switchboard: warning: cannot write the log: {e.strerror}\n")
+    sys.stdout.write(json.dumps({"version": VERSION, "ok": True, **reply}) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
