@@ -16,7 +16,9 @@ from __future__ import annotations
 import errno
 import os
 import resource
+import select
 import signal
+from collections.abc import Callable
 from typing import NamedTuple, NoReturn
 
 from . import syscalls as sc
@@ -38,6 +40,11 @@ class InitConfig(NamedTuple):
     mount_ops: tuple[mountns.SetupOp, ...]
     hostname: str | None
     take_terminal: bool  # the launcher is in the terminal's foreground process group
+    # isolation (issue 3)
+    creds: tuple[int, int, tuple[int, ...]] | None = None  # uid, gid, groups; None: stay root
+    last_cap: int = 40  # /proc/sys/kernel/cap_last_cap, read by the launcher
+    net_setup: Callable[[], None] | None = None  # brings up lo in a new network namespace
+    fs_fds: tuple[int, ...] = ()  # descriptors the mount plan uses; closed after it
 
 
 def _fail(err_w: int, code: int, message: str) -> NoReturn:
@@ -68,8 +75,14 @@ def main(cfg: InitConfig) -> NoReturn:
         step = "arm the parent-death signal"
         sc.set_parent_death_signal(signal.SIGKILL)
         sc.set_name("sandbox-init")
-        # The launcher may have died before the line above: it then never says go.
+        # The launcher may have died before the line above (the first cgroup write can
+        # block for an RCU grace period): then the signal was never armed. Its end of
+        # the go pipe tells: no go byte, or a hang-up behind it, means it is gone.
         if os.read(cfg.go_r, 1) != b"g":
+            os._exit(125)
+        hangup = select.poll()
+        hangup.register(cfg.go_r, select.POLLHUP)
+        if hangup.poll(0):
             os._exit(125)
         os.close(cfg.go_r)
         step = "create namespaces"
@@ -79,6 +92,15 @@ def main(cfg: InitConfig) -> NoReturn:
         host_proc = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         step = "set up mounts"
         mountns.execute(list(cfg.mount_ops))
+        for fd in cfg.fs_fds:
+            os.close(fd)
+        if cfg.cwd is not None and cfg.cwd.startswith("/"):
+            # init is visible to the job: its cwd (the launcher's) must not be a way back
+            # into a hidden directory through /proc/1/cwd.
+            os.chdir("/")
+        if cfg.net_setup is not None:
+            step = "bring up the loopback interface"
+            cfg.net_setup()
         if cfg.hostname:
             step = "set the hostname"
             sc.sethostname(cfg.hostname)
@@ -145,6 +167,9 @@ def _exec_job(cfg: InitConfig, host_proc: int) -> NoReturn:
         os.setpgid(0, 0)
         if cfg.take_terminal:
             _take_terminal()
+        if cfg.creds is not None:
+            step = "switch to the job's user"
+            _drop_privileges(cfg.creds, cfg.last_cap)
         if cfg.cwd is not None:
             step = f"change directory to {cfg.cwd!r}"
             os.chdir(cfg.cwd)
@@ -157,6 +182,20 @@ def _exec_job(cfg: InitConfig, host_proc: int) -> NoReturn:
             code = 125
         _fail(cfg.err_w, code, f"cannot {step}: {e.strerror}")
     os._exit(125)  # not reached: execvp returns only by raising
+
+
+def _drop_privileges(creds: tuple[int, int, tuple[int, ...]], last_cap: int) -> None:
+    """Become the job's user for good. Order matters: groups while we may still set
+    them; the bounding set while CAP_SETPCAP is ours; setresuid to a non-zero uid then
+    clears the permitted and effective sets (no SECBIT_KEEP_CAPS), and capset clears what
+    remains (inheritable); no_new_privs makes setuid binaries and file capabilities inert."""
+    uid, gid, groups = creds
+    os.setgroups(list(groups))
+    os.setresgid(gid, gid, gid)
+    sc.drop_bounding_set(last_cap)
+    os.setresuid(uid, uid, uid)
+    sc.clear_capabilities()
+    sc.set_no_new_privs()
 
 
 def _take_terminal() -> None:

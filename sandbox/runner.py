@@ -13,13 +13,18 @@ import select
 import signal
 import sys
 import time
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import errors, init, report
 from . import syscalls as sc
 from .cgroups import CgroupError, JobCgroup, Usage, job_cgroup
 from .ns import mount as mountns
 from .spec import JobSpec
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .paths import Prepared
 
 UNSHARE_FLAGS = sc.CLONE_NEWNS | sc.CLONE_NEWIPC | sc.CLONE_NEWUTS
 
@@ -76,7 +81,9 @@ class Launch:
         self.verbose = verbose
         self.report = report.new_report(spec.name)
         self.report["argv"] = list(spec.argv)
+        self.report["labels"] = dict(spec.labels)
         self.cg: JobCgroup | None = None
+        self.fs: Prepared | None = None
         self.init_pid: int | None = None
         self.job_ns_pid: int | None = None
         self.job_host_pid: int | None = None
@@ -96,7 +103,8 @@ class Launch:
         init_status: int | None = None
         usage = Usage()
         try:
-            ops = mountns.plan(self.spec)
+            self.fs = _prepare_fs(self.spec)
+            ops = mountns.plan(self.spec, self.fs)
             self.cg = job_cgroup(self.spec.name, self.spec.cgroup_parent)
             self.cg.create(self.spec.limits)
             self.report["cgroup"] = self.cg.primary_path()
@@ -108,6 +116,8 @@ class Launch:
             self.exec_error = (errors.EXIT_SANDBOX_FAILED, f"{e.strerror or e}")
         finally:
             self.report["wall_seconds"] = round(time.monotonic() - t0, 6)
+            if self.fs is not None:
+                self.fs.close()
             usage = self._teardown()
         return self._finish(init_status, usage)
 
@@ -124,16 +134,21 @@ class Launch:
             close_in_child.append(spec.report_fd)
         cfg = init.InitConfig(
             argv=spec.argv,
-            cwd=spec.cwd,
+            cwd=spec.cwd if spec.cwd is not None or self.fs is None or self.fs.execute_dir is None
+            else self.fs.execute_dir.path,
             join_fds=tuple(join_fds),
             err_w=err_w,
             status_w=status_w,
             go_r=go_r,
             close_fds=tuple(close_in_child),
-            unshare_flags=UNSHARE_FLAGS,
+            unshare_flags=UNSHARE_FLAGS | _isolation_flags(spec),
             mount_ops=tuple(ops),
             hostname=spec.hostname,
             take_terminal=_in_foreground(),
+            creds=(spec.user.uid, spec.user.gid, spec.user.groups) if spec.user is not None else None,
+            last_cap=_last_cap() if spec.user is not None else 0,
+            net_setup=_net_setup(spec),
+            fs_fds=self.fs.fds() if self.fs is not None else (),
         )
         # Signals that arrive from here until the handlers exist are held, not lost:
         # blocked across the fork, they stay blocked in init, which waits for them.
@@ -183,9 +198,15 @@ class Launch:
             "cgroup_paths": self.cg.paths(),
             "argv": list(self.spec.argv),
             "started_at": self.report["started_at"],
+            "labels": dict(self.spec.labels),
         }
-        state.write(self.spec.name, data)
-        self.state_written = True
+        try:
+            state.write(self.spec.name, data)
+            self.state_written = True
+        except OSError as e:
+            # The job can run without it; only `sandbox gc` after a SIGKILL and live
+            # control need it.
+            _say(f"warning: cannot write the sandbox state in {state.state_dir()}: {e.strerror}")
 
     def _supervise(self, err_r: int, status_r: int, wake_r: int) -> None:
         spec = self.spec
@@ -333,14 +354,63 @@ class Launch:
             _say(self.exec_error[1])
         if self.spec.report_path:
             try:
-                report.write_atomic(self.spec.report_path, r)
+                if self.spec.report_format == "classad":
+                    from .classad import format_report
+
+                    report.write_atomic_text(self.spec.report_path, format_report(r))
+                else:
+                    report.write_atomic(self.spec.report_path, r)
             except OSError as e:
                 _say(f"cannot write report {self.spec.report_path}: {e.strerror}")
         if self.spec.report_fd is not None:
             report.write_event(self.spec.report_fd, "exited", r)
+        if self.spec.accounting_log:
+            from .accounting import append
+
+            try:
+                append(self.spec.accounting_log, r)
+            except OSError as e:
+                _say(f"warning: cannot append to the accounting log {self.spec.accounting_log}: {e.strerror}")
         if self.spec.stats or self.verbose:
             sys.stderr.write(report.summary(r) + "\n")
         return int(r["returncode"])
+
+
+def _prepare_fs(spec: JobSpec) -> Prepared | None:
+    """Open every path the mounts need, symlink-safely, before the fork (issue 3)."""
+    if spec.execute_dir is None and not spec.binds and not spec.hide and spec.user is None:
+        return None
+    from .paths import prepare
+
+    owner = (spec.user.uid, spec.user.gid) if spec.user is not None else None
+    return prepare(spec.execute_dir, spec.binds, spec.hide, owner)
+
+
+def _isolation_flags(spec: JobSpec) -> int:
+    flags = 0
+    if spec.user is not None:
+        # init unshares after joining the job's cgroup: the root of the job's cgroup view
+        # is its own cgroup, so paths it sees (/proc/self/cgroup) reveal nothing above it.
+        flags |= sc.CLONE_NEWCGROUP
+    if spec.net == "none":
+        flags |= sc.CLONE_NEWNET
+    return flags
+
+
+def _net_setup(spec: JobSpec) -> Callable[[], None] | None:
+    if spec.net != "none":
+        return None
+    from .ns.net import loopback_up  # imports pyroute2 (~110 ms): only here
+
+    return loopback_up()
+
+
+def _last_cap() -> int:
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 63  # drop_bounding_set stops at the first EINVAL
 
 
 def _in_foreground() -> bool:
