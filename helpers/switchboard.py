@@ -39,7 +39,10 @@ NAME_MAX = 64
 NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 CPU_PERIOD_US = 100_000
 # The controllers a job's cgroup is made in, per host layout (as the launcher's backends use them).
-V1_WANTED = {"hybrid": ("memory", "pids", "cpu", "blkio"), "v1": ("memory", "pids", "cpu", "cpuacct", "blkio", "freezer")}
+V1_WANTED = {
+    "hybrid": ("memory", "pids", "cpu", "blkio"),
+    "v1": ("memory", "pids", "cpu", "cpuacct", "blkio", "freezer"),
+}
 V2_CONTROLLERS = ("memory", "pids", "cpu", "io")
 # What the caller gets: its directory (sub-cgroups, as with systemd's Delegate=) and the files
 # to move its own processes, kill and freeze its own job. Never a limit file: limits are ours.
@@ -338,10 +341,10 @@ def parent_paths(cfg: dict[str, object], layout: dict[str, tuple[str, str]]) -> 
             path = check_path(path)
         except Refusal:
             raise Broken(f"config: cgroup parent for {key} must be a normalized absolute path") from None
-        root = root.rstrip("/")
-        if root and not path.startswith(root + "/"):
+        shown = root.rstrip("/")
+        if shown and not path.startswith(shown + "/"):
             raise Broken(f"config: cgroup parent {path} is not visible in the mount at {mountpoint}")
-        out[key] = (mountpoint, path[len(root) :].strip("/"), path)
+        out[key] = (mountpoint, path[len(shown) :].strip("/"), path)
     return out
 
 
@@ -733,7 +736,7 @@ def harden() -> None:
     import resource
 
     for res in (resource.RLIMIT_FSIZE, resource.RLIMIT_CPU, resource.RLIMIT_AS):
-        soft, hard = resource.getrlimit(res)
+        _soft, hard = resource.getrlimit(res)
         try:
             resource.setrlimit(res, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
         except (ValueError, OSError):
@@ -778,7 +781,8 @@ def main(config_path: str = CONFIG) -> int:
             reason = f"internal error: {type(e).__name__}: {e}".replace("\n", " ")
         what = req["op"] if req else "request"
         try:
-            (log or Log({})).write(f"uid={caller.uid}({caller.user}) op={what} args={_summary(req, raw)} REFUSED: {reason}")
+            entry = f"uid={caller.uid}({caller.user}) op={what} args={_summary(req, raw)} REFUSED: {reason}"
+            (log or Log({})).write(entry)
         except (OSError, Broken):
             pass
         sys.stderr.write(f"sandbox-switchboard: {reason}\n")

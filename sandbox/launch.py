@@ -20,7 +20,9 @@ def launch(command: tuple[str, ...], opts: dict[str, Any]) -> int:
     """Run a parsed command line: the one path both argument parsers lead to."""
     spec = build_spec(command, opts)
     if os.geteuid() != 0:
-        raise errors.SandboxError("sandbox-run must run as root (unprivileged use needs the switchboard helper)")
+        from .switchboard_client import check_access
+
+        check_access()  # not root: the switchboard helper must be usable (issue 4)
     if spec.report_path:
         directory = os.path.dirname(os.path.abspath(spec.report_path))
         if not os.access(directory, os.W_OK):

@@ -105,7 +105,11 @@ class Launch:
         try:
             self.fs = _prepare_fs(self.spec)
             ops = mountns.plan(self.spec, self.fs)
-            self.cg = job_cgroup(self.spec.name, self.spec.cgroup_parent)
+            # Without root the switchboard makes the cgroup (issue 4): see cgroups/delegated.py
+            if os.geteuid() == 0:
+                self.cg = job_cgroup(self.spec.name, self.spec.cgroup_parent)
+            else:
+                self.cg = _delegated(self.spec)
             self.cg.create(self.spec.limits)
             self.report["cgroup"] = self.cg.primary_path()
             self.report["cgroup_version"] = self.cg.version
@@ -155,6 +159,13 @@ class Launch:
         signal.pthread_sigmask(signal.SIG_BLOCK, init.FORWARDED)
         # After this, our next child is PID 1 of a new PID namespace. A launcher runs
         # one sandbox, so nothing else of ours is ever forked into it.
+        if os.geteuid() != 0:
+            # Without root: a user namespace of our own gives us the right to make the
+            # others. After this no setuid bit works for us: the switchboard's agent,
+            # forked by cg.create(), talks to it from outside.
+            from .ns import user as userns
+
+            userns.enter()
         sc.unshare(sc.CLONE_NEWPID)
         pid = os.fork()
         if pid == 0:
@@ -163,6 +174,16 @@ class Launch:
         self.report["init_host_pid"] = pid
         for fd in (*join_fds, err_w, status_w, go_r):
             os.close(fd)
+        if os.geteuid() != 0:
+            # The switchboard moves init into the cgroup (a cgroup v2 move needs write
+            # access to the common ancestor, which is root's) before init may go on.
+            try:
+                self.cg.attach(pid)
+            except BaseException:
+                os.close(go_w)  # init reads EOF and exits
+                os.waitpid(pid, 0)
+                self.init_pid = None
+                raise
         os.write(go_w, b"g")  # nothing to do between fork and go when we are root
         for sig in init.FORWARDED:
             signal.signal(sig, _noop_handler)
@@ -185,7 +206,8 @@ class Launch:
 
         assert self.cg is not None
         try:
-            gc.reclaim_stale()
+            if os.geteuid() == 0:  # without root, the switchboard agent reclaims its own
+                gc.reclaim_stale()
         except (OSError, CgroupError) as e:
             _say(f"warning: could not reclaim stale sandboxes: {e}")
         data: dict[str, Any] = {
@@ -422,3 +444,11 @@ def _in_foreground() -> bool:
 
 def run(spec: JobSpec, verbose: bool = False) -> int:
     return Launch(spec, verbose).run()
+
+def _delegated(spec: JobSpec) -> JobCgroup:
+    """The job's cgroup for a launcher without root, made by the switchboard helper."""
+    from .cgroups.delegated import DelegatedCgroup
+
+    if spec.cgroup_parent is not None:
+        raise CgroupError("--cgroup-parent needs root: without it the switchboard's configured parent is used")
+    return DelegatedCgroup(spec.name)

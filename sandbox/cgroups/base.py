@@ -204,6 +204,11 @@ class JobCgroup(ABC):
     def remove_dirs(self) -> None:
         """rmdir every directory (the cgroup must be empty)."""
 
+    def attach(self, pid: int) -> None:
+        """Move `pid` into the cgroup for it: only a backend whose init cannot join by
+        itself (the switchboard's, without root) does anything here."""
+        return None
+
     def join_fds(self) -> list[int]:
         return [os.open(p, os.O_WRONLY | os.O_CLOEXEC) for p in self.join_files()]
 

@@ -1,0 +1,103 @@
+"""A JobCgroup for an unprivileged launcher: the switchboard creates, attaches and
+destroys the cgroup; everything else (kill, freeze, usage) goes through the backend
+of the host's layout, on the files the switchboard handed over. Version-agnostic:
+the backend is picked by job_cgroup() from the directories the switchboard made."""
+
+from __future__ import annotations
+
+import os
+
+from ..limits import Limits
+from .base import CgroupError, JobCgroup, Usage
+from .layout import Layout, detect
+
+
+class DelegatedCgroup(JobCgroup):
+    def __init__(self, name: str, layout: Layout | None = None) -> None:
+        self.name = name
+        self.layout = layout or detect()
+        self.inner: JobCgroup | None = None
+        self.agent: object | None = None
+        self.version = {"hybrid": "hybrid", "v1": "v1", "v2": "v2"}.get(self.layout.kind, "v2")
+
+    def _backend(self) -> JobCgroup:
+        if self.inner is None:
+            raise CgroupError("the sandbox cgroup was not created")
+        return self.inner
+
+    def create(self, limits: Limits) -> None:
+        from .. import switchboard_client as sb
+        from . import job_cgroup
+
+        agent = sb.Agent(self.name)
+        request: dict[str, object] = {
+            "op": "create",
+            "name": self.name,
+            "limits": {
+                "memory": limits.memory_bytes,
+                "swap": limits.swap_limit_bytes() if limits.memory_bytes is not None else None,
+                "pids": limits.pids,
+                "cpus": limits.cpus,
+            },
+        }
+        try:
+            reply = agent.request(request)
+        except sb.SwitchboardError as e:
+            agent.close()
+            raise CgroupError(f"the switchboard refused to create the cgroup: {e}") from None
+        self.agent = agent
+        paths = reply.get("paths")
+        assert isinstance(paths, dict)
+        self.inner = job_cgroup(
+            self.name, None, self.layout, parent_dirs={k: os.path.dirname(str(v)) for k, v in paths.items()}
+        )
+        self.version = self.inner.version
+
+    def attach(self, pid: int) -> None:
+        from .. import switchboard_client as sb
+
+        assert isinstance(self.agent, sb.Agent)
+        try:
+            self.agent.request({"op": "attach", "name": self.name, "pid": pid})
+        except sb.SwitchboardError as e:
+            raise CgroupError(f"the switchboard refused to attach the job: {e}") from None
+
+    def paths(self) -> dict[str, str]:
+        return self._backend().paths()
+
+    def primary_path(self) -> str:
+        return self._backend().primary_path()
+
+    def join_files(self) -> list[str]:
+        return []  # the switchboard attaches init (cgroup v2 needs root for the move)
+
+    def pids(self) -> list[int]:
+        return self._backend().pids()
+
+    def freeze(self) -> None:
+        self._backend().freeze()
+
+    def thaw(self) -> None:
+        self._backend().thaw()
+
+    def kill(self, timeout: float = 10.0) -> None:
+        self._backend().kill(timeout)
+
+    def usage(self) -> Usage:
+        return self._backend().usage()
+
+    def exists(self) -> bool:
+        return self.inner is not None and self.inner.exists()
+
+    def remove_dirs(self) -> None:
+        from .. import switchboard_client as sb
+
+        if not isinstance(self.agent, sb.Agent):
+            return
+        try:
+            self.agent.request({"op": "destroy", "name": self.name})
+        except sb.SwitchboardError as e:
+            raise CgroupError(f"the switchboard could not destroy the cgroup: {e}") from None
+        finally:
+            self.agent.close()
+            self.agent = None
