@@ -111,7 +111,7 @@ def main(cfg: InitConfig) -> NoReturn:
             _exec_job(cfg, host_proc)
     except OSError as e:
         # mount errors already name their step (SetupOp.describe)
-        _fail(cfg.err_w, 125, e.strerror if step == "set up mounts" else f"cannot {step}: {e.strerror}")
+        _fail(cfg.err_w, 125, (e.strerror or str(e)) if step == "set up mounts" else f"cannot {step}: {e.strerror}")
     os.close(cfg.err_w)
     os.close(host_proc)
     _send(cfg.status_w, f"J {job}\n")

@@ -138,8 +138,9 @@ class Launch:
             close_in_child.append(spec.report_fd)
         cfg = init.InitConfig(
             argv=spec.argv,
-            cwd=spec.cwd if spec.cwd is not None or self.fs is None or self.fs.execute_dir is None
-            else self.fs.execute_dir.path,
+            cwd=spec.cwd if spec.cwd is not None or self.fs is None or self.fs.execute_dir is None else (
+                self.fs.execute_dir.path
+            ),
             join_fds=tuple(join_fds),
             err_w=err_w,
             status_w=status_w,
@@ -444,6 +445,7 @@ def _in_foreground() -> bool:
 
 def run(spec: JobSpec, verbose: bool = False) -> int:
     return Launch(spec, verbose).run()
+
 
 def _delegated(spec: JobSpec) -> JobCgroup:
     """The job's cgroup for a launcher without root, made by the switchboard helper."""

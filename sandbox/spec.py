@@ -7,9 +7,12 @@ into a plan and executes it. Nothing here touches the system.
 from __future__ import annotations
 
 import os
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from .limits import Limits
+
+if TYPE_CHECKING:
+    from .credentials import Credentials
 
 NAME_MAX = 64
 _NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
@@ -45,3 +48,12 @@ class JobSpec(NamedTuple):
     debug: bool = False
     cwd: str | None = None  # None: the launcher's working directory
     hostname: str | None = None
+    # isolation (issue 3)
+    execute_dir: str | None = None
+    hide: tuple[str, ...] = ()
+    binds: tuple[tuple[str, str, bool], ...] = ()  # (src, dst, read_only), in order
+    user: Credentials | None = None  # resolved in the launcher; None: root
+    net: str = "host"  # or "none"
+    labels: tuple[tuple[str, str], ...] = ()  # --label KEY=VALUE, in order, keys unique
+    report_format: str = "json"  # of --report: "json" or "classad"
+    accounting_log: str | None = None  # None: no accounting record

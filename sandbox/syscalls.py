@@ -79,3 +79,127 @@ def set_child_subreaper() -> None:
 def set_name(name: str) -> None:
     """The comm shown by ps (15 bytes): lets an admin tell init from the launcher."""
     prctl.set_name(name)
+
+
+# -- the new mount API (Linux 5.2+; mount_setattr 5.12+) ----------------------------
+# Every mount of user-named paths goes through descriptors the launcher opened after a
+# symlink-safe walk: a path string would be looked up again, and the second lookup is
+# where a planted symlink or a rename would redirect it (bubblewrap's CVE-2017-5226
+# class of bug). These calls take descriptors at both ends. The numbers are the same
+# on every architecture (the unified syscall table, 424 and above).
+_SYS_OPEN_TREE = 428
+_SYS_MOVE_MOUNT = 429
+_SYS_FSOPEN = 430
+_SYS_FSCONFIG = 431
+_SYS_FSMOUNT = 432
+_SYS_MOUNT_SETATTR = 442
+_SYS_CAPSET = 126 if os.uname().machine == "x86_64" else 91  # aarch64: 91
+
+AT_FDCWD = -100
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+OPEN_TREE_CLONE = 1
+OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+MOVE_MOUNT_F_EMPTY_PATH = 0x04
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
+FSCONFIG_SET_STRING = 1
+FSCONFIG_CMD_CREATE = 6
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_NOEXEC = 0x8
+
+_PR_CAPBSET_DROP = 24
+_PR_CAP_AMBIENT = 47
+_PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+_libc.syscall.restype = ctypes.c_long
+_libc.prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = (
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    )
+
+
+def _sys(number: int, what: str, *args: object) -> int:
+    result = int(_libc.syscall(ctypes.c_long(number), *args))
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return result
+
+
+def open_tree_clone(fd: int) -> int:
+    """A detached copy of the mount tree at descriptor `fd` (and everything mounted below)."""
+    flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH | AT_RECURSIVE
+    return _sys(_SYS_OPEN_TREE, "open_tree", ctypes.c_int(fd), b"", ctypes.c_uint(flags))
+
+
+def move_mount_to(mount_fd: int, dst_fd: int, dst_name: str = "") -> None:
+    """Attach the detached mount `mount_fd` on `dst_name` relative to `dst_fd` (or on
+    `dst_fd` itself when dst_name is empty)."""
+    flags = MOVE_MOUNT_F_EMPTY_PATH | (0 if dst_name else MOVE_MOUNT_T_EMPTY_PATH)
+    _sys(
+        _SYS_MOVE_MOUNT, "move_mount",
+        ctypes.c_int(mount_fd), b"", ctypes.c_int(dst_fd), os.fsencode(dst_name), ctypes.c_uint(flags),
+    )
+
+
+def mount_setattr(fd: int, attr_set: int, path: str = "", recursive: bool = True) -> None:
+    """Set per-mount attributes (MOUNT_ATTR_*) on the mount at `fd` (or at `path`)."""
+    attr = _MountAttr(attr_set, 0, 0, 0)
+    flags = (AT_EMPTY_PATH if not path else 0) | (AT_RECURSIVE if recursive else 0)
+    _sys(
+        _SYS_MOUNT_SETATTR, "mount_setattr",
+        ctypes.c_int(fd if not path else AT_FDCWD), os.fsencode(path), ctypes.c_uint(flags),
+        ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)),
+    )
+
+
+def new_tmpfs(options: tuple[tuple[str, str], ...], attrs: int) -> int:
+    """A new tmpfs as a detached mount; the caller may populate it through the returned
+    descriptor before attaching it anywhere."""
+    fs = _sys(_SYS_FSOPEN, "fsopen", b"tmpfs", ctypes.c_uint(1))  # FSOPEN_CLOEXEC
+    try:
+        for key, value in options:
+            _sys(_SYS_FSCONFIG, "fsconfig", ctypes.c_int(fs), ctypes.c_uint(FSCONFIG_SET_STRING),
+                 key.encode(), value.encode(), ctypes.c_int(0))
+        _sys(_SYS_FSCONFIG, "fsconfig", ctypes.c_int(fs), ctypes.c_uint(FSCONFIG_CMD_CREATE),
+             None, None, ctypes.c_int(0))
+        return _sys(_SYS_FSMOUNT, "fsmount", ctypes.c_int(fs), ctypes.c_uint(1), ctypes.c_uint(attrs))
+    finally:
+        os.close(fs)
+
+
+# -- dropping privilege for good ----------------------------------------------------
+
+
+def drop_bounding_set(last_cap: int) -> None:
+    """Empty the capability bounding set (0..last_cap, from /proc/sys/kernel/cap_last_cap:
+    python-prctl only knows the capabilities of the headers it was built with)."""
+    for cap in range(last_cap + 1):
+        if _libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            if ctypes.get_errno() == 22 and cap > 0:  # EINVAL: past the kernel's last capability
+                return
+            _check(-1, "drop capability bounding set")
+
+
+def clear_capabilities() -> None:
+    """Empty the ambient set, then the effective, permitted and inheritable sets."""
+    # EINVAL: a kernel before 4.3 has no ambient set, so there is nothing to clear.
+    if _libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 and ctypes.get_errno() != 22:
+        _check(-1, "clear ambient capabilities")
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this thread
+    data = (ctypes.c_uint32 * 6)()  # two empty {effective, permitted, inheritable}
+    _sys(_SYS_CAPSET, "capset", header, data)
+
+
+def set_no_new_privs() -> None:
+    """After this, execve never grants privilege (setuid bits and file capabilities
+    are ignored); it is inherited by every descendant and cannot be unset."""
+    prctl.set_no_new_privs(1)

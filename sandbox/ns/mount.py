@@ -8,13 +8,22 @@ plain loop that the job's init runs inside its new mount namespace.
 from __future__ import annotations
 
 import os
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from .. import syscalls as sc
 from ..spec import JobSpec
 
+if TYPE_CHECKING:
+    from ..paths import Prepared
+
 MOUNT = "mount"
 MKDIR = "mkdir"
+# Descriptor-based kinds (issue 3): src_fd/dst_fd were opened by the launcher after a
+# symlink-safe walk (sandbox/paths.py); src/dst only name them in messages.
+BIND = "bind"  # a copy of the tree at src_fd, with `attrs` (MOUNT_ATTR_*), on dst_fd
+EMPTY = "empty"  # an empty read-only tmpfs on dst_fd; with `keep`, a copy of src_fd at dst/keep
+SETATTR = "setattr"  # set `attrs` on the mount at the path dst and every mount below it
+REOPEN = "reopen"  # re-walk dst in the new mount namespace; must be the object at dst_fd
 
 
 class SetupOp(NamedTuple):
@@ -26,10 +35,22 @@ class SetupOp(NamedTuple):
     data: str | None = None
     mode: int = 0o755
     why: str = ""
+    src_fd: int = -1
+    dst_fd: int = -1
+    attrs: int = 0
+    keep: str = ""
 
     def describe(self) -> str:
         if self.kind == MKDIR:
             return f"create directory {self.dst}"
+        if self.kind == BIND:
+            return f"bind-mount {self.src} on {self.dst}"
+        if self.kind == EMPTY:
+            return f"hide {self.dst}" + (f" except {self.keep}" if self.keep else "")
+        if self.kind == SETATTR:
+            return f"make {self.dst} read-only"
+        if self.kind == REOPEN:
+            return f"open {self.dst} in the new mount namespace"
         if self.flags & sc.MS_BIND:
             return f"bind-mount {self.src} on {self.dst}"
         if self.fstype:
@@ -42,7 +63,7 @@ class SetupOp(NamedTuple):
 _TMP_SUBDIRS = (("tmp", "/tmp"), ("var-tmp", "/var/tmp"), ("shm", "/dev/shm"))
 
 
-def plan(spec: JobSpec) -> list[SetupOp]:
+def plan(spec: JobSpec, fs: Prepared | None = None) -> list[SetupOp]:
     ops = [
         # Before anything else: nothing mounted below may propagate to the host (a
         # shared / would leak every tmpfs to the host). Slave, not private: a disk the
@@ -59,6 +80,13 @@ def plan(spec: JobSpec) -> list[SetupOp]:
         ),
     ]
     size = f",size={spec.limits.tmp_bytes}" if spec.limits.tmp_bytes else ""
+    if fs is not None:
+        # A descriptor names a mount of the namespace it was opened in, and the kernel
+        # refuses to clone or mount on the launcher's (host) mounts from the job's new
+        # namespace: each one is replaced by the same object reached in the new one.
+        ops[1:1] = [SetupOp(REOPEN, r.path, dst_fd=r.fd, why="descriptors of the new namespace") for r in fs.resolved()]
+    if fs is not None and fs.execute_dir is not None:
+        return ops + _isolation_ops(spec, fs, size)
     ops.append(
         SetupOp(
             MOUNT,
@@ -75,7 +103,114 @@ def plan(spec: JobSpec) -> list[SetupOp]:
     # /tmp is bound last: until then its tmpfs root is where the subdirs are found
     for sub, target in sorted(_TMP_SUBDIRS, key=lambda t: t[1] == "/tmp"):
         ops.append(SetupOp(MOUNT, target, src=f"/tmp/{sub}", flags=sc.MS_BIND, why="private temporary space"))
+    return ops + (_isolation_ops(spec, fs, None) if fs is not None else [])
+
+
+_BIND_ATTRS = sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV
+_HIDDEN_FILE_ATTRS = sc.MOUNT_ATTR_RDONLY | sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV | sc.MOUNT_ATTR_NOEXEC
+
+
+def _isolation_ops(spec: JobSpec, fs: Prepared, tmp_size: str | None) -> list[SetupOp]:
+    """Execute directory, binds, hides and the read-only cgroup tree. `tmp_size` is None
+    when the tmpfs /tmp of the core plan is already there (no execute directory)."""
+    ops: list[SetupOp] = []
+    if tmp_size is not None:
+        # MOUNT_UNDER_SCRATCH: /tmp and /var/tmp are on the execute directory's disk, not
+        # in RAM; /dev/shm must stay a tmpfs (POSIX shm and glibc's sem_open need one).
+        for d, target in fs.scratch:
+            ops.append(
+                SetupOp(BIND, target, src=d.path, src_fd=d.fd, dst_fd=-1, attrs=_BIND_ATTRS, why="scratch /tmp on disk")
+            )
+        ops.append(
+            SetupOp(
+                MOUNT, "/dev/shm", src="sandbox-shm", fstype="tmpfs", flags=sc.MS_NOSUID | sc.MS_NODEV,
+                data=f"mode=1777{tmp_size}", why="private shared memory",
+            )
+        )
+    for b in fs.binds:
+        attrs = _BIND_ATTRS | (sc.MOUNT_ATTR_RDONLY if b.read_only else 0)
+        ops.append(
+            SetupOp(BIND, b.dst.path, src=b.src.path, src_fd=b.src.fd, dst_fd=b.dst.fd, attrs=attrs, why="--bind")
+        )
+    for h in fs.hides:
+        if h.is_dir:
+            ops.append(SetupOp(EMPTY, h.path, dst_fd=h.fd, why="--hide"))
+        else:
+            # An empty read-only mount cannot cover a file; a nodev /dev/null can, and no
+            # open of it succeeds at all.
+            assert fs.devnull is not None
+            ops.append(
+                SetupOp(BIND, h.path, src="/dev/null", src_fd=fs.devnull.fd, dst_fd=h.fd, attrs=_HIDDEN_FILE_ATTRS,
+                        why="--hide")
+            )
+    if fs.execute_dir is not None and fs.parent is not None:
+        # Last, so the copy of the execute directory carries the binds made inside it.
+        # The parent is covered by an empty tmpfs and only the execute directory is
+        # mounted back: its siblings have no path left in this mount namespace.
+        name = fs.execute_dir.path.rsplit("/", 1)[1]
+        ops.append(
+            SetupOp(EMPTY, fs.parent.path, src=fs.execute_dir.path, src_fd=fs.execute_dir.fd, dst_fd=fs.parent.fd,
+                    keep=name, why="hide the other execute directories")
+        )
+    if spec.user is not None:
+        # A job without capabilities cannot write cgroup files anyway (they are root's);
+        # read-only also covers a cgroup delegated to the job's uid. The tree stays
+        # visible so that runtimes can read their limits (with the cgroup namespace,
+        # /proc/self/cgroup says "/").
+        ops.append(SetupOp(SETATTR, "/sys/fs/cgroup", attrs=sc.MOUNT_ATTR_RDONLY, why="cgroups read-only"))
     return ops
+
+
+def _reopen(op: SetupOp) -> None:
+    """Walk the canonical path with O_NOFOLLOW at every step (it has no symlinks: the
+    launcher resolved them) and require the very inode the launcher opened: a rename or
+    a symlink swapped in between makes this fail, never redirect."""
+    fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for name in [p for p in op.dst.split("/") if p]:
+            nxt = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        new, old = os.fstat(fd), os.fstat(op.dst_fd)
+        if (new.st_dev, new.st_ino) != (old.st_dev, old.st_ino):
+            raise OSError(18, "it changed while the sandbox was being set up")  # EXDEV
+        os.dup2(fd, op.dst_fd)  # the plan refers to dst_fd: same number, the new mount
+    finally:
+        os.close(fd)
+
+
+def _execute_fd_op(op: SetupOp) -> None:
+    if op.kind == REOPEN:
+        _reopen(op)
+    elif op.kind == BIND:
+        tree = sc.open_tree_clone(op.src_fd)
+        try:
+            if op.attrs:
+                sc.mount_setattr(tree, op.attrs)
+            if op.dst_fd >= 0:
+                sc.move_mount_to(tree, op.dst_fd)
+            else:  # a path the sandbox owns (/tmp): no user controls any component of it
+                sc.move_mount_to(tree, sc.AT_FDCWD, op.dst)
+        finally:
+            os.close(tree)
+    elif op.kind == EMPTY:
+        attrs = sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV | sc.MOUNT_ATTR_NOEXEC
+        mnt = sc.new_tmpfs((("mode", "0755"), ("size", "4k")), attrs)
+        try:
+            if op.keep:
+                os.mkdir(op.keep, 0o755, dir_fd=mnt)
+            sc.mount_setattr(mnt, sc.MOUNT_ATTR_RDONLY)
+            sc.move_mount_to(mnt, op.dst_fd)
+            if op.keep:
+                tree = sc.open_tree_clone(op.src_fd)
+                try:
+                    sc.move_mount_to(tree, mnt, op.keep)
+                finally:
+                    os.close(tree)
+        finally:
+            os.close(mnt)
+    elif op.kind == SETATTR:
+        sc.mount_setattr(sc.AT_FDCWD, op.attrs, path=op.dst)
 
 
 def execute(ops: list[SetupOp]) -> None:
@@ -85,6 +220,8 @@ def execute(ops: list[SetupOp]) -> None:
             if op.kind == MKDIR:
                 os.mkdir(op.dst)
                 os.chmod(op.dst, op.mode)  # mkdir applies the umask; a sticky 1777 must be exact
+            elif op.kind in (BIND, EMPTY, SETATTR, REOPEN):
+                _execute_fd_op(op)
             else:
                 sc.mount(op.src, op.dst, op.fstype, op.flags, op.data)
         except OSError as e:
