@@ -57,7 +57,24 @@ def build_spec(command: tuple[str, ...], opts: dict[str, Any]) -> JobSpec:
         stats=bool(opts.get("stats")),
         debug=bool(opts.get("debug")),
         cwd=opts.get("cwd"),
+        execute_dir=opts.get("execute_dir"),
+        hide=tuple(opts.get("hide") or ()),
+        binds=tuple((s, d, False) for s, d in opts.get("bind") or ())
+        + tuple((s, d, True) for s, d in opts.get("ro_bind") or ()),
+        user=_credentials(opts.get("user")),
+        net=opts.get("net") or "host",
     )
+
+
+def _credentials(user: str | None) -> Any:
+    if user is None:
+        return None
+    from .credentials import resolve_user
+
+    try:
+        return resolve_user(user)
+    except ValueError as e:
+        raise errors.SandboxError(str(e)) from None
 
 
 def _fail(message: str, code: int) -> NoReturn:

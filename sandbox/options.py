@@ -38,6 +38,24 @@ def _report_fd(text: str) -> int:
     return fd
 
 
+def _bind(text: str) -> tuple[str, str]:
+    from .paths import parse_bind
+
+    return parse_bind(text)
+
+
+def _user(text: str) -> str:
+    from .credentials import check_user
+
+    return check_user(text)
+
+
+def _net(text: str) -> str:
+    if text not in ("host", "none"):
+        raise ValueError(f"invalid network mode {text!r}: expected host or none")
+    return text
+
+
 RUN_OPTIONS: tuple[Option, ...] = (
     Option(("--mem",), "mem", "Hard memory limit (2G, 512M, 1.5G or bytes); no swap beyond it unless --swap.",
            "SIZE", lambda v: parse_size(v, "memory size")),
@@ -63,6 +81,19 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option(("--stats",), "stats", "Print a usage summary on stderr at the end.", is_flag=True),
     Option(("-v", "--verbose"), "verbose", "Say what happens on stderr, and print the summary.", is_flag=True),
     Option(("--debug",), "debug", "Show tracebacks of internal errors.", is_flag=True),
+    # isolation (issue 3): see README "Isolation model"
+    Option(("--execute-dir",), "execute_dir",
+           "Run the job in DIR with every other entry of DIR's parent hidden; /tmp and /var/tmp "
+           "live in DIR (DIR/.sandbox-tmp, DIR/.sandbox-var-tmp).", "DIR"),
+    Option(("--hide",), "hide", "Cover PATH with an empty read-only mount (repeatable).", "PATH", multiple=True),
+    Option(("--bind",), "bind", "Bind-mount SRC on DST (default: SRC) for the job (repeatable).", "SRC[:DST]",
+           _bind, multiple=True),
+    Option(("--ro-bind",), "ro_bind", "Like --bind, read-only (repeatable).", "SRC[:DST]", _bind, multiple=True),
+    Option(("--user",), "user",
+           "Run the job as USER[:GROUP] (names or numbers) with no capabilities and no_new_privs, "
+           "in its own cgroup namespace.", "USER[:GROUP]", _user),
+    Option(("--net",), "net", "Network: host [default] or none (a new namespace with loopback only).",
+           "MODE", _net),
 )
 
 
