@@ -128,5 +128,131 @@ def gc_command(cgroup_parent: str | None) -> None:
         click.echo("nothing to reclaim")
 
 
+# -- live control, accounting, configuration (issue 5): thin wrappers over control.py,
+# accounting.py and config.py, which the Python API (api.py) uses too.
+
+
+def _json_out(obj: object) -> None:
+    import json
+
+    click.echo(json.dumps(obj, indent=2))
+
+
+@sandbox_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array.")
+def list_command(as_json: bool) -> None:
+    """Sandboxes you may control: running, suspended, or stale (launcher gone)."""
+    from . import control
+
+    entries = control.listing()
+    if as_json:
+        _json_out(entries)
+    elif entries:
+        click.echo(control.format_listing(entries))
+
+
+@sandbox_group.command("ps")
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="One JSON array of sandboxes with their processes.")
+def ps_command(name: str | None, as_json: bool) -> None:
+    """Process tree of each running sandbox (or NAME): namespace PID, host PID, user,
+    state, CPU, RSS, command; with its labels."""
+    from . import control
+
+    sandboxes = control.ps(name)
+    if as_json:
+        _json_out(sandboxes)
+    elif sandboxes:
+        click.echo(control.format_ps(sandboxes))
+
+
+@sandbox_group.command("usage")
+@click.argument("name")
+def usage_command(name: str) -> None:
+    """Live usage of NAME as JSON, under the report's keys."""
+    from . import control
+
+    _json_out(control.usage(name))
+
+
+@sandbox_group.command("kill")
+@click.argument("name")
+@click.option("-s", "--signal", "sig", default="KILL", metavar="SIGNAL", show_default=True,
+              help="Signal name (TERM, SIGUSR1) or number.")
+def kill_command(name: str, sig: str) -> None:
+    """Send SIGNAL to every process of NAME at once (freeze, signal, thaw)."""
+    from . import control
+
+    control.send_signal(name, control.parse_signal(sig))
+
+
+@sandbox_group.command("suspend")
+@click.argument("name")
+def suspend_command(name: str) -> None:
+    """Freeze every process of NAME (cgroup freezer); `sandbox resume` thaws them."""
+    from . import control
+
+    control.suspend(name)
+
+
+@sandbox_group.command("resume")
+@click.argument("name")
+def resume_command(name: str) -> None:
+    """Thaw a suspended sandbox."""
+    from . import control
+
+    control.resume(name)
+
+
+@sandbox_group.command("accounting")
+@click.option("--by", metavar="KEY", help="Group by the value of label KEY (e.g. tenant).")
+@click.option("--since", metavar="DATE", help="Only jobs that ended at or after DATE (2026-01-31, "
+              "2026-01-31T12:00, @UNIXTIME, or an age: 24h, 7d).")
+@click.option("--until", metavar="DATE", help="Only jobs that ended before DATE.")
+@click.option("--log", "log_path", metavar="PATH", help="Accounting log to read [configured accounting_log].")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array of groups.")
+def accounting_command(by: str | None, since: str | None, until: str | None, log_path: str | None,
+                       as_json: bool) -> None:
+    """Sum wall time, CPU time, memory and job count per label value."""
+    from . import accounting, config
+
+    path = log_path or config.effective()["accounting_log"].value
+    if not path:
+        raise errors.SandboxError("no accounting log is configured (accounting_log is empty)")
+    totals = accounting.summarize(
+        accounting.records(path),
+        by,
+        accounting.parse_since(since) if since else None,
+        accounting.parse_since(until) if until else None,
+    )
+    if as_json:
+        _json_out([t.as_dict(by) for t in totals])
+    else:
+        click.echo(accounting.table(totals, by))
+
+
+@sandbox_group.command("config", context_settings={"ignore_unknown_options": True})
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: key -> {value, source}.")
+@click.argument("run_options", nargs=-1, type=click.UNPROCESSED, metavar="[SANDBOX-RUN OPTIONS]...")
+def config_command(as_json: bool, run_options: tuple[str, ...]) -> None:
+    """The effective configuration and where each value comes from (default, the
+    config file, a SANDBOX_* variable, Slurm, or the sandbox-run options given)."""
+    from . import config
+    from .argv import fast_parse
+
+    parsed = fast_parse([*run_options, "--", "true"]) if run_options else ({}, ())
+    if parsed is None:
+        raise errors.SandboxError(f"invalid sandbox-run options: {' '.join(run_options)}")
+    eff = config.effective(parsed[0])
+    if as_json:
+        _json_out({k: {"value": v.value, "source": v.source} for k, v in eff.items()})
+        return
+    click.echo(f"# config file: {config.config_path()}")
+    rows = config.describe(eff)
+    widths = [max(len(r[i]) for r in rows) for i in range(2)]
+    for key, text, source in rows:
+        click.echo(f"{key.ljust(widths[0])}  {text.ljust(widths[1])}  {source}")
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
     _standalone(sandbox_group, "sandbox", argv)

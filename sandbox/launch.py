@@ -18,6 +18,9 @@ from .spec import JobSpec, generate_name
 
 def launch(command: tuple[str, ...], opts: dict[str, Any]) -> int:
     """Run a parsed command line: the one path both argument parsers lead to."""
+    from .config import apply as with_site_config  # cheap: one stat unless a config file exists
+
+    opts = with_site_config(opts)
     spec = build_spec(command, opts)
     if os.geteuid() != 0:
         from .switchboard_client import check_access
@@ -63,6 +66,9 @@ def build_spec(command: tuple[str, ...], opts: dict[str, Any]) -> JobSpec:
         + tuple((s, d, True) for s, d in opts.get("ro_bind") or ()),
         user=_credentials(opts.get("user")),
         net=opts.get("net") or "host",
+        labels=tuple(opts.get("labels") or ()),
+        report_format=opts.get("report_format") or "json",
+        accounting_log=opts.get("accounting_log"),
     )
 
 

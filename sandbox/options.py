@@ -56,6 +56,34 @@ def _net(text: str) -> str:
     return text
 
 
+LABEL_KEY_MAX = 64
+LABEL_VALUE_MAX = 256
+
+
+def parse_label(text: str) -> tuple[str, str]:
+    """KEY=VALUE for --label. Keys are identifiers (they become JSON keys, ClassAd
+    attribute suffixes and `sandbox accounting --by` arguments); values are printable
+    text without newlines, so that an accounting line stays one line."""
+    key, eq, value = text.partition("=")
+    if not eq or not key:
+        raise ValueError(f"invalid label {text!r}: expected KEY=VALUE")
+    if len(key) > LABEL_KEY_MAX or not (key[0].isascii() and (key[0].isalpha() or key[0] == "_")) or not all(
+        c.isascii() and (c.isalnum() or c in "_.-") for c in key
+    ):
+        raise ValueError(
+            f"invalid label key {key!r}: use letters, digits, '_', '.', '-', starting with a letter or '_'"
+        )
+    if len(value) > LABEL_VALUE_MAX or not value.isprintable():
+        raise ValueError(f"invalid label value for {key!r}: at most {LABEL_VALUE_MAX} printable characters")
+    return key, value
+
+
+def _report_format(text: str) -> str:
+    if text not in ("json", "classad"):
+        raise ValueError(f"invalid report format {text!r}: expected json or classad")
+    return text
+
+
 RUN_OPTIONS: tuple[Option, ...] = (
     Option(("--mem",), "mem", "Hard memory limit (2G, 512M, 1.5G or bytes); no swap beyond it unless --swap.",
            "SIZE", lambda v: parse_size(v, "memory size")),
@@ -81,6 +109,12 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option(("--stats",), "stats", "Print a usage summary on stderr at the end.", is_flag=True),
     Option(("-v", "--verbose"), "verbose", "Say what happens on stderr, and print the summary.", is_flag=True),
     Option(("--debug",), "debug", "Show tracebacks of internal errors.", is_flag=True),
+    Option(("--label",), "labels", "Label the sandbox KEY=VALUE (repeatable; e.g. tenant=, job=): in the report, "
+           "`sandbox ps` and the accounting log.", "KEY=VALUE", parse_label, multiple=True),
+    Option(("--report-format",), "report_format", "Format of --report: json [default] or classad (HTCondor names).",
+           "FORMAT", _report_format),
+    Option(("--from-slurm",), "from_slurm", "Take --mem and --cpus, when not given, from the Slurm allocation "
+           "(SLURM_MEM_PER_NODE / SLURM_MEM_PER_CPU, SLURM_CPUS_PER_TASK).", is_flag=True),
     # isolation (issue 3): see README "Isolation model"
     Option(("--execute-dir",), "execute_dir",
            "Run the job in DIR with every other entry of DIR's parent hidden; /tmp and /var/tmp "

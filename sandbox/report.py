@@ -44,6 +44,7 @@ REPORT_KEYS = (
     "ended_at",
     "argv",
     "error",
+    "labels",
 )
 
 
@@ -63,11 +64,16 @@ def dumps(obj: dict[str, Any]) -> str:
 def write_atomic(path: str, report: dict[str, Any]) -> None:
     """Write the report so that a reader sees the old file or the whole new one,
     never a torn one: temp file in the same directory, fsync, rename."""
+    write_atomic_text(path, dumps(report) + "\n")
+
+
+def write_atomic_text(path: str, text: str) -> None:
+    """write_atomic for a report already formatted (JSON or a ClassAd)."""
     directory = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
-        os.write(fd, (dumps(report) + "\n").encode())
+        os.write(fd, text.encode())
         os.fsync(fd)
     except BaseException:
         os.close(fd)

@@ -204,6 +204,10 @@ class JobCgroup(ABC):
     def remove_dirs(self) -> None:
         """rmdir every directory (the cgroup must be empty)."""
 
+    def is_frozen(self) -> bool | None:
+        """Is the freezer holding the job (`sandbox suspend`)? None: no freezer here."""
+        return None
+
     def attach(self, pid: int) -> None:
         """Move `pid` into the cgroup for it: only a backend whose init cannot join by
         itself (the switchboard's, without root) does anything here."""

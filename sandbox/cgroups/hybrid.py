@@ -51,6 +51,9 @@ class HybridCgroup(JobCgroup):
     def thaw(self) -> None:
         self.v2.thaw()
 
+    def is_frozen(self) -> bool | None:
+        return self.v2.frozen()
+
     def kill(self, timeout: float = 10.0) -> None:
         self.v2.kill(timeout)
         # every task has exited, so every v1 hierarchy is empty too; check anyway

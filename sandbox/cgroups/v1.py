@@ -233,6 +233,12 @@ class V1Cgroup(JobCgroup):
     def thaw(self) -> None:
         self.part.thaw()
 
+    def is_frozen(self) -> bool | None:
+        d = self.part.dirs.get("freezer")
+        if d is None:
+            return None
+        return (read_text(os.path.join(d, "freezer.state")) or "").strip() == "FROZEN"
+
     def kill(self, timeout: float = 10.0) -> None:
         self.part.kill(timeout)
 

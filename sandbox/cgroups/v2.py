@@ -125,6 +125,10 @@ class V2Part:
         while read_keyed(self.file("cgroup.events")).get("frozen") != 1 and time.monotonic() < deadline:
             time.sleep(0.001)
 
+    def frozen(self) -> bool | None:
+        events = read_keyed(self.file("cgroup.events"))
+        return None if "frozen" not in events else events["frozen"] == 1
+
     def thaw(self) -> None:
         if os.path.exists(self.file("cgroup.freeze")):
             write_file(self.file("cgroup.freeze"), "0")
@@ -208,6 +212,9 @@ class V2Cgroup(JobCgroup):
 
     def thaw(self) -> None:
         self.part.thaw()
+
+    def is_frozen(self) -> bool | None:
+        return self.part.frozen()
 
     def kill(self, timeout: float = 10.0) -> None:
         self.part.kill(timeout)

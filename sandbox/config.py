@@ -1,0 +1,271 @@
+"""Site configuration: defaults from a TOML file and SANDBOX_* variables, under options.
+
+Precedence, lowest first: built-in default, the file (/etc/sandbox/sandbox.toml, or
+$SANDBOX_CONFIG), the environment (SANDBOX_MEM, ...), the Slurm allocation (only with
+--from-slurm or `from_slurm = true`), and the command line. Every value carries where
+it came from, so `sandbox config` can say why a job got the limit it got.
+
+This module is on the launch path, so it stays cheap: tomllib is imported only when the
+file exists (one stat otherwise), and nothing here imports more than limits.py, which
+the launcher has loaded anyway.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+from . import errors
+from .limits import parse_count, parse_cpus, parse_seconds, parse_size
+
+DEFAULT_PATH = "/etc/sandbox/sandbox.toml"
+ENV_PREFIX = "SANDBOX_"
+
+
+class Setting(NamedTuple):
+    key: str
+    convert: Callable[[str], Any]
+    help: str
+    option: str | None = None  # the sandbox-run option that overrides it
+
+
+class Value(NamedTuple):
+    value: Any
+    source: str  # "default", "file:PATH", "env:NAME", "slurm:NAME", "option:--flag"
+
+
+def _path(text: str) -> str:
+    return text  # "" disables (accounting_log)
+
+
+def _bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"invalid boolean {text!r}: expected true or false")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("mem", lambda v: parse_size(v, "memory size"), "default --mem", "--mem"),
+    Setting("swap", lambda v: parse_size(v, "swap size"), "default --swap", "--swap"),
+    Setting("pids", lambda v: parse_count(v, "process count"), "default --pids", "--pids"),
+    Setting("cpus", parse_cpus, "default --cpus", "--cpus"),
+    Setting("tmp_size", lambda v: parse_size(v, "tmp size"), "default --tmp-size", "--tmp-size"),
+    Setting("cgroup_parent", str, "default --cgroup-parent", "--cgroup-parent"),
+    Setting("timeout", lambda v: parse_seconds(v, "timeout"), "default --timeout", "--timeout"),
+    Setting("kill_grace", lambda v: parse_seconds(v, "kill grace"), "default --kill-grace", "--kill-grace"),
+    Setting("from_slurm", _bool, "take --mem/--cpus from the Slurm allocation", "--from-slurm"),
+    Setting("accounting_log", _path, "accounting log (JSON lines); empty: none"),
+    Setting("state_dir", _path, "directory of the running sandboxes' state files"),
+)
+BY_KEY = {s.key: s for s in SETTINGS}
+
+
+def config_path() -> str:
+    return os.environ.get("SANDBOX_CONFIG") or DEFAULT_PATH
+
+
+def _builtin_default(key: str) -> Any:
+    root = os.geteuid() == 0
+    if key == "kill_grace":
+        return 10.0
+    if key == "from_slurm":
+        return False
+    if key == "accounting_log":
+        if root:
+            return "/var/log/sandbox/accounting.jsonl"
+        home = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+        return os.path.join(home, "sandbox", "accounting.jsonl")
+    if key == "state_dir":
+        if root:
+            return "/run/sandbox"
+        runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}"
+        return os.path.join(runtime, "sandbox")
+    return None
+
+
+_file_cache: dict[str, tuple[tuple[int, int] | None, dict[str, Any]]] = {}
+
+
+def load_file(path: str | None = None) -> dict[str, Any]:
+    """The file's settings, validated ({} when there is no file). A bad file is an error,
+    not a silent default: a typo in a site limit must not go unnoticed."""
+    path = path or config_path()
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return {}
+    except OSError as e:
+        raise errors.SandboxError(f"cannot read {path}: {e.strerror}") from None
+    ident = (st.st_mtime_ns, st.st_size)
+    cached = _file_cache.get(path)
+    if cached is not None and cached[0] == ident:
+        return cached[1]
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except OSError as e:
+        raise errors.SandboxError(f"cannot read {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise errors.SandboxError(f"{path}: invalid TOML: {e}") from None
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key == "labels":
+            if not isinstance(value, dict):
+                raise errors.SandboxError(f"{path}: labels must be a table of KEY = \"VALUE\"")
+            out["labels"] = {str(k): _label(path, str(k), v) for k, v in value.items()}
+            continue
+        setting = BY_KEY.get(key)
+        if setting is None:
+            raise errors.SandboxError(f"{path}: unknown setting {key!r} (known: {', '.join(BY_KEY)}, labels)")
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, (int, float, str)):
+            text = str(value)
+        else:
+            raise errors.SandboxError(f"{path}: {key}: expected a string or a number")
+        try:
+            out[key] = setting.convert(text)
+        except ValueError as e:
+            raise errors.SandboxError(f"{path}: {key}: {e}") from None
+    _file_cache[path] = (ident, out)
+    return out
+
+
+def _label(path: str, key: str, value: object) -> str:
+    from .options import parse_label
+
+    try:
+        return parse_label(f"{key}={value}")[1]
+    except ValueError as e:
+        raise errors.SandboxError(f"{path}: labels: {e}") from None
+
+
+def file_setting(key: str) -> Any:
+    """One setting from the file, or None: for modules that only need one (state.py)."""
+    return load_file().get(key)
+
+
+def _env_value(setting: Setting, env: Mapping[str, str]) -> Value | None:
+    name = ENV_PREFIX + setting.key.upper()
+    if name not in env:
+        return None
+    try:
+        return Value(setting.convert(env[name]), f"env:{name}")
+    except ValueError as e:
+        raise errors.SandboxError(f"{name}: {e}") from None
+
+
+# -- Slurm ----------------------------------------------------------------------------
+
+
+def _tasks_on_node(env: Mapping[str, str]) -> int:
+    """Tasks of this step on this node, from SLURM_STEP_TASKS_PER_NODE ('2(x3),1': two
+    tasks on each of three nodes, then one) indexed by SLURM_NODEID."""
+    spec = env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE")
+    if not spec:
+        return 1
+    counts: list[int] = []
+    for part in spec.split(","):
+        count, _, rep = part.partition("(x")
+        try:
+            counts += [int(count)] * (int(rep.rstrip(")")) if rep else 1)
+        except ValueError:
+            return 1
+    node = int(env.get("SLURM_NODEID", "0") or 0)
+    return max(1, counts[node] if node < len(counts) else counts[-1])
+
+
+def slurm_values(env: Mapping[str, str]) -> dict[str, Value]:
+    """mem and cpus of one Slurm task, from the variables srun sets. Slurm's MB are MiB."""
+    if "SLURM_JOB_ID" not in env:
+        raise errors.SandboxError("--from-slurm: not inside a Slurm job (SLURM_JOB_ID is not set)")
+    out: dict[str, Value] = {}
+    cpus_text = env.get("SLURM_CPUS_PER_TASK")
+    try:
+        cpus = int(cpus_text) if cpus_text else None
+        if cpus is not None:
+            out["cpus"] = Value(float(cpus), "slurm:SLURM_CPUS_PER_TASK")
+        if env.get("SLURM_MEM_PER_CPU"):
+            mib = int(env["SLURM_MEM_PER_CPU"]) * (cpus or 1)
+            out["mem"] = Value(mib * 1024 * 1024, "slurm:SLURM_MEM_PER_CPU")
+        elif env.get("SLURM_MEM_PER_NODE"):
+            mib = int(env["SLURM_MEM_PER_NODE"]) // _tasks_on_node(env)
+            out["mem"] = Value(mib * 1024 * 1024, "slurm:SLURM_MEM_PER_NODE")
+    except ValueError as e:
+        raise errors.SandboxError(f"--from-slurm: unreadable Slurm environment: {e}") from None
+    if "mem" in out and out["mem"].value == 0:
+        del out["mem"]  # --mem=0 asks Slurm for the whole node: no limit of ours
+    return out
+
+
+# -- the effective configuration --------------------------------------------------------
+
+
+def effective(options: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> dict[str, Value]:
+    """Every setting's value and source; `options` are sandbox-run's parsed options."""
+    env = os.environ if env is None else env
+    options = options or {}
+    from_file = load_file()
+    where = f"file:{config_path()}"
+    out: dict[str, Value] = {}
+    for s in SETTINGS:
+        value = Value(_builtin_default(s.key), "default")
+        if s.key in from_file:
+            value = Value(from_file[s.key], where)
+        value = _env_value(s, env) or value
+        opt = options.get(s.key)
+        if s.option is not None and opt not in (None, False):
+            value = Value(opt, f"option:{s.option}")
+        out[s.key] = value
+    if out["from_slurm"].value:
+        for key, value in slurm_values(env).items():
+            if options.get(key) is None:
+                out[key] = value
+    labels = dict(from_file.get("labels", {}))
+    sources = dict.fromkeys(labels, where)
+    seen: set[str] = set()
+    for key, val in options.get("labels") or ():
+        if key in seen:
+            raise errors.SandboxError(f"--label {key} given twice")
+        seen.add(key)
+        labels[key] = val
+        sources[key] = "option:--label"
+    out["labels"] = Value(labels, "; ".join(f"{k}: {v}" for k, v in sources.items()) or "default")
+    return out
+
+
+def apply(opts: dict[str, Any]) -> dict[str, Any]:
+    """sandbox-run's options completed with the site's defaults (a new dict)."""
+    eff = effective(opts)
+    out = dict(opts)
+    for s in SETTINGS:
+        if s.option is not None and s.key in out:
+            out[s.key] = eff[s.key].value
+    out["accounting_log"] = eff["accounting_log"].value or None
+    out["labels"] = tuple(eff["labels"].value.items())
+    return out
+
+
+def describe(eff: Mapping[str, Value]) -> list[tuple[str, str, str]]:
+    """(key, value as text, source) rows for `sandbox config`."""
+    from .limits import format_bytes
+
+    rows = []
+    for key, (value, source) in eff.items():
+        if key == "labels":
+            rows.append((key, ", ".join(f"{k}={v}" for k, v in value.items()) or "-", source))
+            continue
+        if value is None:
+            text = "-"
+        elif key in ("mem", "swap", "tmp_size") and isinstance(value, int):
+            text = f"{format_bytes(value)} ({value})"
+        else:
+            text = str(value)
+        rows.append((key, text, source))
+    return rows
