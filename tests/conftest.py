@@ -53,12 +53,20 @@ def sandbox_cgroup_dirs() -> set[str]:
     sandboxes that are alive (their launcher runs)."""
     found: set[str] = set()
     probe = job_cgroup("probe", None, LAYOUT)
-    for d in probe.paths().values():
+    paths = probe.paths()
+    # On this machine each session has its own memory cgroup but shares the root of the
+    # other hierarchies: a sandbox with no directory in OUR memory parent belongs to another
+    # session (created by its tests, or between its cgroup creation and its state file).
+    own_memory = os.path.dirname(paths["memory"]) if "memory" in paths else None
+    for key, d in paths.items():
         base = os.path.dirname(d)
         try:
             for entry in os.scandir(base):
-                if entry.name.startswith(PREFIX) and entry.is_dir() and not _live_elsewhere(entry.name[len(PREFIX):]):
-                    found.add(entry.path)
+                if not entry.name.startswith(PREFIX) or not entry.is_dir() or _live_elsewhere(entry.name[len(PREFIX):]):
+                    continue
+                if own_memory and key != "memory" and not os.path.isdir(os.path.join(own_memory, entry.name)):
+                    continue
+                found.add(entry.path)
         except FileNotFoundError:
             pass
     return found
@@ -96,7 +104,15 @@ def state_files() -> set[str]:
     """State files of sandboxes whose launcher is gone."""
     from sandbox import state
 
-    return {n for n in state.names() if not _live_elsewhere(n)}
+    own = job_cgroup("probe", None, LAYOUT).paths().get("memory")
+
+    def other_session(name: str) -> bool:
+        # see sandbox_cgroup_dirs: a sandbox whose memory cgroup is not under ours
+        paths = (state.read(name) or {}).get("cgroup_paths")
+        return bool(own and isinstance(paths, dict) and "memory" in paths
+                    and os.path.dirname(str(paths["memory"])) != os.path.dirname(own))
+
+    return {n for n in state.names() if not _live_elsewhere(n) and not other_session(n)}
 
 
 @pytest.fixture(autouse=True)

@@ -51,12 +51,15 @@ class Running:
     """A sandbox-run started with Popen and --report-fd on a pipe: the started event is
     read before the test goes on, so the job is known to run."""
 
-    def __init__(self, *args: str, stdin: int | None = subprocess.DEVNULL, report: Path | None = None) -> None:
+    def __init__(
+        self, *args: str, stdin: int | None = subprocess.DEVNULL, report: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         r, w = os.pipe()
         extra = ["--report", str(report)] if report else []
         self.proc = subprocess.Popen(
             [SANDBOX_RUN, "--report-fd", str(w), *extra, *args],
-            pass_fds=(w,), stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            pass_fds=(w,), stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         )
         os.close(w)
         self.events = os.fdopen(r, "r")

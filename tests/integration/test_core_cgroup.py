@@ -1,0 +1,147 @@
+"""Core launcher and cgroups, end to end: the job is in its cgroup before it runs,
+limits hold, and the figures count every process (issue 2)."""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import LAYOUT, needs_root, run_sandbox
+from tests.integration.test_core import Running, host_processes_with, one_error_line, run_report, wait_until
+
+pytestmark = [needs_root, pytest.mark.cgroup]
+
+MiB = 1 << 20
+
+
+def _hierarchy_key(controllers: str) -> str | None:
+    if controllers == "":
+        return "unified"
+    for ctrl in controllers.split(","):
+        if ctrl in ("memory", "pids", "cpu", "cpuacct", "blkio", "freezer"):
+            return ctrl
+    return None
+
+
+def test_job_is_in_its_cgroup_in_every_hierarchy() -> None:
+    running = Running("--", "sh", "-c", "cat /proc/self/cgroup; echo ready; read x", stdin=subprocess.PIPE)
+    try:
+        assert running.proc.stdout is not None and running.proc.stdin is not None
+        lines = []
+        while (line := running.proc.stdout.readline()) != "ready\n":
+            assert line, "job ended early"
+            lines.append(line.strip())
+        paths = running.started["cgroup_paths"]
+        assert paths, running.started
+        # every hierarchy the sandbox has a directory in is the job's cgroup there
+        by_key = {}
+        for line in lines:
+            _, ctrls, path = line.split(":", 2)
+            for key in (ctrls.split(",") if ctrls else [""]):
+                by_key[key or "unified"] = path
+        for key, directory in paths.items():
+            assert directory.endswith(by_key[key]), (key, directory, by_key[key])
+            assert by_key[key].endswith(f"/sandbox-{running.started['name']}")
+        # the host sees the job's main process and its init in each of them
+        for directory in set(paths.values()):
+            procs = {int(x) for x in Path(directory, "cgroup.procs").read_text().split()}
+            assert {running.started["init_host_pid"], running.started["job_host_pid"]} <= procs, directory
+        running.proc.stdin.write("\n")
+        running.proc.stdin.flush()
+        running.exited()
+    finally:
+        running.close()
+
+
+def test_double_forked_daemon_is_accounted_and_killed(tmp_path: Path) -> None:
+    """A daemon (double fork + setsid) burns CPU while the main process sleeps; the main
+    process exits; the daemon is killed and its CPU is in the report."""
+    marker = f"sbtest-daemon-{uuid.uuid4().hex[:8]}"
+    p, r = run_report(
+        tmp_path, "--", "sh", "-c",
+        f"(setsid sh -c 'while :; do :; done' {marker} &); nohup sh -c 'sleep 300' {marker}-2 >/dev/null 2>&1 & "
+        "sleep 1.5; exit 0",
+    )
+    assert p.returncode == 0 and r["status"] == "exited"
+    # the main process only slept: the CPU is the daemon's (loose bound: a loaded 2-core machine)
+    assert r["cpu_user_seconds"] + r["cpu_system_seconds"] >= 0.3, r
+    assert host_processes_with(marker) == []
+
+
+def test_cpu_of_many_short_lived_children_is_counted(tmp_path: Path) -> None:
+    script = "for i in $(seq 200); do sh -c 'i=0; while [ $i -lt 3000 ]; do i=$((i+1)); done'; done"
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run(["sh", "-c", script], check=True, timeout=120)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    outside = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    p, r = run_report(tmp_path, "--", "sh", "-c", script, timeout=120)
+    assert p.returncode == 0
+    inside = r["cpu_user_seconds"] + r["cpu_system_seconds"]
+    # the same work, inside and out: every exited child counts (loose: the machine is noisy)
+    assert inside >= 0.5 * outside, (inside, outside)
+    assert inside <= 3 * outside + 0.5, (inside, outside)
+
+
+def test_oom_kill(tmp_path: Path) -> None:
+    p, r = run_report(tmp_path, "--mem", "50M", "--", sys.executable, "-c", "b = b'x' * (100 << 20)")
+    assert p.returncode == 137
+    assert r["status"] == "oom_killed" and r["oom_kills"] >= 1 and r["signal"] == 9
+    assert r["memory_limit_bytes"] == 50 * MiB
+    assert r["memory_peak_bytes"] <= 51 * MiB
+
+
+def test_oom_kill_of_a_child_of_sh(tmp_path: Path) -> None:
+    p, r = run_report(tmp_path, "--mem", "50M", "--", "sh", "-c", "head -c 100M /dev/zero | tail > /dev/null")
+    assert p.returncode == 137
+    assert r["status"] == "oom_killed" and r["oom_kills"] >= 1
+
+
+def test_tmpfs_is_charged_to_the_job(tmp_path: Path) -> None:
+    p, r = run_report(tmp_path, "--mem", "50M", "--", "sh", "-c", "head -c 100M /dev/zero > /dev/shm/x")
+    assert p.returncode != 0
+    assert r["memory_peak_bytes"] <= 51 * MiB
+
+
+def test_memory_peak_is_the_job_plus_a_little(tmp_path: Path) -> None:
+    p, r = run_report(tmp_path, "--mem", "1G", "--", sys.executable, "-c", "b = b'x' * (100 << 20)")
+    assert p.returncode == 0, p.stderr
+    peak = r["memory_peak_bytes"]
+    # the 100 MiB, the interpreter (~3 MiB here) and init: no more than ~10 MiB above
+    assert 100 * MiB <= peak <= 110 * MiB, peak / MiB
+    # and a trivial job costs little: the launcher's and init's own memory is not charged
+    _, r = run_report(tmp_path, "--mem", "1G", "--", "true")
+    assert r["memory_peak_bytes"] <= 5 * MiB, r["memory_peak_bytes"] / MiB
+
+
+def test_pids_limit_bounds_a_fork_bomb(tmp_path: Path) -> None:
+    p, r = run_report(tmp_path, "--pids", "20", "--", "sh", "-c", "b() { b | b & }; b; sleep 2; exit 0", timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert r["pids_peak"] is None or r["pids_peak"] <= 20, r["pids_peak"]
+    assert r["pids_peak"] is None or r["pids_peak"] >= 10  # it did try
+
+
+def test_cpu_quota(tmp_path: Path) -> None:
+    """Two busy loops under --cpus 0.5 get about half a CPU, not two."""
+    loop = "while :; do :; done"
+    p, r = run_report(tmp_path, "--cpus", "0.5", "--timeout", "2", "--kill-grace", "1", "--",
+                      "sh", "-c", f"sh -c '{loop}' & sh -c '{loop}' & wait")
+    assert r["status"] == "timed_out" and p.returncode == 124
+    ratio = (r["cpu_user_seconds"] + r["cpu_system_seconds"]) / r["wall_seconds"]
+    assert 0.15 <= ratio <= 0.75, ratio
+
+
+def test_swap_needs_mem() -> None:
+    p = run_sandbox("--swap", "1G", "--", "true")
+    assert p.returncode == 125
+    assert "--swap" in one_error_line(p.stderr)
+
+
+def test_layout_of_this_host_is_reported(tmp_path: Path) -> None:
+    _, r = run_report(tmp_path, "--", "true")
+    assert r["cgroup_version"] == LAYOUT.kind
+    assert not wait_until(lambda: Path(r["cgroup"]).exists(), timeout=0.2)  # removed at the end
