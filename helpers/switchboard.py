@@ -348,6 +348,13 @@ def parent_paths(cfg: dict[str, object], layout: dict[str, tuple[str, str]]) -> 
     return out
 
 
+def _is_link(name: str, dir_fd: int) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
 def open_dir(path: str, create_last: bool = False) -> int:
     """Open a directory one component at a time with O_NOFOLLOW, so that no symlink
     anywhere in the path is followed, and every later step works on the fd, never on
@@ -364,7 +371,8 @@ def open_dir(path: str, create_last: bool = False) -> int:
             try:
                 nfd = os.open(part, DIR_FLAGS, dir_fd=fd)
             except OSError as e:
-                if e.errno == errno.ELOOP:
+                # O_NOFOLLOW|O_DIRECTORY on a symlink fails with ELOOP or ENOTDIR
+                if e.errno in (errno.ELOOP, errno.ENOTDIR) and _is_link(part, fd):
                     raise Refusal(f"{path}: a path component is a symbolic link") from None
                 if e.errno in (errno.ENOENT, errno.ENOTDIR):
                     raise Refusal(f"{path}: no such directory") from None
@@ -429,7 +437,10 @@ class Job:
     def open_existing(self, caller: Caller) -> None:
         """Open the job's directories and check they are the caller's: the owner of a
         directory we created is the one we handed it to, and only we create here."""
-        self.open_parents()
+        try:
+            self.open_parents()
+        except Refusal:  # no parent yet: nothing was ever created
+            raise Refusal(f"no sandbox named {self.dirname[len(PREFIX):]}") from None
         for key, pfd in self.parent_fds.items():
             try:
                 fd = os.open(self.dirname, DIR_FLAGS, dir_fd=pfd)
@@ -438,7 +449,7 @@ class Job:
             except OSError as e:
                 raise Refusal(f"cannot open {self.path(key)}: {e.strerror}") from None
             self.fds[key] = fd
-            if os.fstat(fd).st_uid != caller.uid and caller.uid != 0:
+            if caller.uid not in (0, os.fstat(fd).st_uid):
                 raise Refusal(f"sandbox {self.dirname[len(PREFIX):]} belongs to another user")
         if not self.fds:
             raise Refusal(f"no sandbox named {self.dirname[len(PREFIX):]}")
@@ -524,7 +535,7 @@ def _set_limits(key: str, fd: int, limits: dict[str, int | float | None], v2_ena
         write_at(fd, "cpu.cfs_quota_us", str(quota))
 
 
-def check_execute_dir(cfg: dict[str, object], caller: Caller, path: str) -> None:
+def check_execute_dir(cfg: dict[str, object], caller: Caller, path: str) -> list[int]:
     roots = cfg.get("execute_roots", [])
     if not isinstance(roots, list):
         raise Broken("config: execute_roots must be a list")
@@ -532,16 +543,17 @@ def check_execute_dir(cfg: dict[str, object], caller: Caller, path: str) -> None
         raise Refusal(f"execute_dir {path} is not under an allowed execute root")
     fd = open_dir(path)
     try:
-        if caller.uid != 0 and os.fstat(fd).st_uid != caller.uid:
+        st = os.fstat(fd)
+        if caller.uid not in (0, st.st_uid):
             raise Refusal(f"execute_dir {path} is not owned by the caller")
     finally:
         os.close(fd)
+    return [st.st_dev, st.st_ino]  # what was checked, for the record
 
 
 def op_create(cfg: dict[str, object], caller: Caller, req: dict[str, object]) -> dict[str, object]:
     limits = effective_limits(cfg, req["limits"])  # type: ignore[arg-type]
-    if "execute_dir" in req:
-        check_execute_dir(cfg, caller, str(req["execute_dir"]))
+    checked = check_execute_dir(cfg, caller, str(req["execute_dir"])) if "execute_dir" in req else None
     job = Job(cfg, str(req["name"]))
     made: list[str] = []
     try:
@@ -578,7 +590,7 @@ def op_create(cfg: dict[str, object], caller: Caller, req: dict[str, object]) ->
         raise
     paths = {key: job.path(key) for key in job.fds}
     job.close()
-    return {"paths": paths, "limits": limits, "layout": job.kind}
+    return {"paths": paths, "limits": limits, "layout": job.kind, "execute_dir": checked}
 
 
 def _pidfd_alive(pidfd: int) -> bool:

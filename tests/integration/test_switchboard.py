@@ -1,0 +1,375 @@
+"""The switchboard, for real: installed by helpers/install-switchboard, run through its
+setuid wrapper by real unprivileged users that these tests create (and remove, also
+on failure). After every refused request nothing under the cgroup parents changed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import IS_ROOT, ROOT, SANDBOX_RUN
+
+pytestmark = [pytest.mark.skipif(not IS_ROOT, reason="needs root (installs a setuid helper, creates users)"),
+              pytest.mark.cgroup]
+
+WRAPPER = "/usr/local/libexec/sandbox/sandbox-switchboard"
+CONFIG = Path("/etc/sandbox/switchboard.toml")
+LOG = Path("/var/log/sandbox-switchboard-test.log")
+MEMBER, MEMBER2, OUTSIDER = "sbt-member", "sbt-member2", "sbt-outsider"
+XROOT = Path("/srv/sbt-execute")  # the test's execute root
+OUTSIDE = Path("/srv/sbt-outside")  # a member's directory outside every execute root
+MAX_MEM = 1 << 30
+
+
+def _own_cgroup(key: str) -> str:
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            _, ctrls, path = line.rstrip("\n").split(":", 2)
+            if (key == "unified" and ctrls == "") or key in ctrls.split(","):
+                return path
+    return "/"
+
+
+def _config() -> str:
+    parents = "\n".join(
+        f'{k} = "{_own_cgroup(k).rstrip("/")}/sbt-switchboard"'
+        for k in ("memory", "pids", "cpu", "cpuacct", "blkio", "freezer", "unified") if _own_cgroup(k) != "/"
+    )
+    return f"""allowed_groups = ["sandbox"]
+allowed_users = []
+execute_roots = ["{XROOT}"]
+log_file = "{LOG}"
+[limits]
+max_memory_bytes = {MAX_MEM}
+max_swap_bytes = 0
+max_pids = 512
+max_cpus = 2
+[cgroup]
+parent = "/sbt-switchboard"
+[cgroup.parents]
+{parents}
+"""
+
+
+@pytest.fixture(scope="session")
+def switchboard() -> Iterator[None]:
+    import fcntl
+
+    # The installation is machine-wide: test sessions running at the same time (several
+    # engineers, CI) take turns instead of uninstalling it under each other.
+    lock = os.open("/run/lock/sandbox-switchboard-tests.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        yield from _installed()
+    finally:
+        os.close(lock)
+
+
+def _installed() -> Iterator[None]:
+    saved = CONFIG.read_bytes() if CONFIG.exists() else None
+    users: list[str] = []
+    try:
+        subprocess.run([str(ROOT / "helpers" / "install-switchboard")], check=True, capture_output=True)
+        CONFIG.write_text(_config())
+        os.chmod(CONFIG, 0o644)
+        for user, member in ((MEMBER, True), (MEMBER2, True), (OUTSIDER, False)):
+            subprocess.run(["userdel", "-r", user], capture_output=True, check=False)
+            subprocess.run(["useradd", "-m", *(["-G", "sandbox"] if member else []), user], check=True)
+            users.append(user)
+        for d in (XROOT, OUTSIDE):
+            d.mkdir(exist_ok=True)
+        shutil.chown(OUTSIDE, MEMBER, MEMBER)
+        (XROOT / MEMBER).mkdir(exist_ok=True)
+        shutil.chown(XROOT / MEMBER, MEMBER, MEMBER)
+        yield
+    finally:
+        for user in users:
+            subprocess.run(["userdel", "-r", user], capture_output=True, check=False)
+        for d in (XROOT, OUTSIDE):
+            shutil.rmtree(d, ignore_errors=True)
+        subprocess.run([str(ROOT / "helpers" / "install-switchboard"), "--uninstall"], capture_output=True, check=False)
+        if saved is not None:
+            CONFIG.parent.mkdir(exist_ok=True)
+            CONFIG.write_bytes(saved)
+            os.chmod(CONFIG, 0o644)
+        for d in _parents():
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass
+        for p in LOG.parent.glob(LOG.name + "*"):
+            p.unlink()
+
+
+def _parents() -> list[str]:
+    out = []
+    for key, mount in (("memory", "memory"), ("pids", "pids"), ("cpu", "cpu"), ("blkio", "blkio"),
+                       ("unified", "unified")):
+        base = f"/sys/fs/cgroup/{mount}"
+        if os.path.isdir(base):
+            out.append(base + _own_cgroup(key).rstrip("/") + "/sbt-switchboard")
+    return out
+
+
+def as_user(user: str) -> list[str]:
+    # Through a shell: setpriv itself execs with root's capabilities still in effect
+    # (the kernel then lets a non-member run the 4750 wrapper); a shell started by it
+    # has none, like a real login.
+    return ["setpriv", "--reuid", user, "--regid", user, "--init-groups", "/bin/sh", "-c", 'exec "$0" "$@"']
+
+
+def snapshot() -> set[tuple[str, int]]:
+    found = set()
+    for parent in _parents():
+        for dirpath, _dirs, _files in os.walk(parent):
+            if dirpath != parent:  # the parent itself is made once and stays
+                found.add((dirpath, os.stat(dirpath).st_uid))
+    return found
+
+
+def ask(user: str, body: bytes | dict[str, object], env: dict[str, str] | None = None,
+        wrapper: str = WRAPPER) -> subprocess.CompletedProcess[bytes]:
+    raw = body if isinstance(body, bytes) else json.dumps({"version": 1, **body}).encode()
+    return subprocess.run([*as_user(user), wrapper],
+                          input=raw, capture_output=True, timeout=60, check=False, env=env or {"PATH": "/usr/bin:/bin"})
+
+
+def refused(user: str, body: bytes | dict[str, object], why: str, **kw: object) -> None:
+    before = snapshot()
+    r = ask(user, body, **kw)  # type: ignore[arg-type]
+    assert r.returncode != 0, r.stdout
+    err = r.stderr.decode()
+    assert err.count("\n") == 1 and err.startswith("sandbox-switchboard: "), err
+    assert why in err, err
+    assert snapshot() == before
+
+
+@pytest.fixture
+def cleanup() -> Iterator[list[tuple[str, str]]]:
+    made: list[tuple[str, str]] = []
+    yield made
+    for user, name in made:
+        ask(user, {"op": "destroy", "name": name})
+
+
+BAD = [
+    (b'{"version": 1, "op": "create", "name": "x"', "not valid JSON"),
+    (b"\x00\x01garbage", "not valid JSON"),
+    (b" " * 5000, "larger than"),
+    ({"op": "chown", "name": "x"}, "unknown operation"),
+    (b'{"version": 7, "op": "destroy", "name": "x"}', "version"),
+    ({"op": "create", "name": "a/b", "limits": {}}, "name"),
+    ({"op": "create", "name": "..", "limits": {}}, "name"),
+    ({"op": "create", "name": "a\0b", "limits": {}}, "name"),
+    ({"op": "create", "name": "x" * 65, "limits": {}}, "name"),
+    ({"op": "create", "name": "neg", "limits": {"memory": -5}}, "memory"),
+    ({"op": "create", "name": "big", "limits": {"memory": MAX_MEM + 1}}, "above the maximum"),
+    ({"op": "create", "name": "pids", "limits": {"pids": 513}}, "above the maximum"),
+    ({"op": "create", "name": "cpus", "limits": {"cpus": 3}}, "above the maximum"),
+    ({"op": "create", "name": "sw", "limits": {"memory": 1 << 26, "swap": 1}}, "above the maximum"),
+    ({"op": "destroy", "name": "nonexistent"}, "no sandbox named"),
+    ({"op": "attach", "name": "nonexistent", "pid": 2}, "no sandbox named"),
+]
+
+
+@pytest.mark.parametrize("body,why", BAD, ids=[str(i) for i in range(len(BAD))])
+def test_bad_requests_refused(switchboard: None, body: bytes | dict[str, object], why: str) -> None:
+    refused(MEMBER, body, why)
+
+
+def test_create_attach_destroy(switchboard: None, cleanup: list[tuple[str, str]]) -> None:
+    before = snapshot()
+    r = ask(MEMBER, {"op": "create", "name": "sbt-ok", "limits": {"memory": 1 << 26}})
+    assert r.returncode == 0, r.stderr
+    cleanup.append((MEMBER, "sbt-ok"))
+    reply = json.loads(r.stdout)
+    uid = int(subprocess.run(["id", "-u", MEMBER], capture_output=True, text=True, check=True).stdout)
+    for key, path in reply["paths"].items():
+        assert os.stat(path).st_uid == uid, key
+        assert os.stat(os.path.join(path, "cgroup.procs")).st_uid == uid
+    if "memory" in reply["paths"]:
+        assert Path(reply["paths"]["memory"], "memory.limit_in_bytes").read_text().strip() == str(1 << 26)
+        assert os.stat(os.path.join(reply["paths"]["memory"], "memory.limit_in_bytes")).st_uid == 0
+    # unset limits become the configured maxima
+    assert reply["limits"]["pids"] == 512
+    refused(MEMBER, {"op": "create", "name": "sbt-ok", "limits": {}}, "already exists")
+    # another user's sandbox: neither attach nor destroy
+    sleeper = subprocess.Popen(["setpriv", "--reuid", MEMBER2, "--regid", MEMBER2, "--init-groups", "sleep", "60"])
+    try:
+        refused(MEMBER2, {"op": "destroy", "name": "sbt-ok"}, "another user")
+        refused(MEMBER2, {"op": "attach", "name": "sbt-ok", "pid": sleeper.pid}, "another user")
+        # the caller's sandbox, another user's process
+        refused(MEMBER, {"op": "attach", "name": "sbt-ok", "pid": sleeper.pid}, "not the caller's")
+        refused(MEMBER, {"op": "attach", "name": "sbt-ok", "pid": os.getpid()}, "not the caller's")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    mine = subprocess.Popen(["setpriv", "--reuid", MEMBER, "--regid", MEMBER, "--init-groups", "sleep", "60"])
+    try:
+        r = ask(MEMBER, {"op": "attach", "name": "sbt-ok", "pid": mine.pid})
+        assert r.returncode == 0, r.stderr
+        cg = Path(f"/proc/{mine.pid}/cgroup").read_text()
+        assert "sandbox-sbt-ok" in cg
+        r = ask(MEMBER, {"op": "destroy", "name": "sbt-ok"})
+        assert r.returncode == 0, r.stderr
+        assert mine.wait(timeout=10) == -9  # destroy killed it
+    finally:
+        mine.kill()
+        mine.wait()
+    assert snapshot() == before
+    log = LOG.read_text()
+    assert "op=create" in log and "op=destroy" in log and "REFUSED" in log and f"({MEMBER})" in log
+
+
+def test_outsider_cannot_run_wrapper(switchboard: None) -> None:
+    before = snapshot()
+    r = ask(OUTSIDER, {"op": "destroy", "name": "x"})
+    assert r.returncode != 0 and b"Permission denied" in r.stderr
+    assert snapshot() == before
+
+
+def test_execute_dir_checks(switchboard: None, cleanup: list[tuple[str, str]]) -> None:
+    link = XROOT / "link"
+    link.unlink(missing_ok=True)
+    link.symlink_to(OUTSIDE)
+    try:
+        refused(MEMBER, {"op": "create", "name": "x1", "limits": {}, "execute_dir": str(link)}, "symbolic link")
+        refused(MEMBER, {"op": "create", "name": "x1", "limits": {}, "execute_dir": str(OUTSIDE)}, "execute root")
+        refused(MEMBER2, {"op": "create", "name": "x1", "limits": {}, "execute_dir": str(XROOT / MEMBER)},
+                "not owned")
+        r = ask(MEMBER, {"op": "create", "name": "x1", "limits": {}, "execute_dir": str(XROOT / MEMBER)})
+        assert r.returncode == 0, r.stderr
+        cleanup.append((MEMBER, "x1"))
+    finally:
+        link.unlink()
+
+
+def test_directory_swapped_for_symlink(switchboard: None, cleanup: list[tuple[str, str]]) -> None:
+    """A thread swaps the execute dir for a symlink (to the member's own directory outside
+    the roots) and back, as fast as it can, while requests run: every request either
+    checked the real directory or was refused; none ever checked the symlink's target."""
+    swap = XROOT / "swap"
+    real = XROOT / "swap.real"
+    real.mkdir()
+    shutil.chown(real, MEMBER, MEMBER)
+    os.symlink(real, XROOT / "tmp-to-real")  # unused; keeps rename targets in one dir
+    tmp_link = XROOT / "swap.link"
+    os.symlink(OUTSIDE, tmp_link)
+    real_ino = os.stat(real).st_ino
+    outside_ino = os.stat(OUTSIDE).st_ino
+    stop = threading.Event()
+
+    def flip() -> None:
+        while not stop.is_set():
+            os.rename(real, swap)  # swap is the real directory
+            os.rename(swap, real)
+            os.symlink(OUTSIDE, XROOT / "swap.new")
+            os.rename(XROOT / "swap.new", swap)  # swap is a symlink
+            os.unlink(swap)
+
+    t = threading.Thread(target=flip)
+    t.start()
+    seen = {"ok": 0, "refused": 0}
+    try:
+        for i in range(25):
+            name = f"sw{i}"
+            r = ask(MEMBER, {"op": "create", "name": name, "limits": {}, "execute_dir": str(swap)})
+            if r.returncode == 0:
+                cleanup.append((MEMBER, name))
+                checked = json.loads(r.stdout)["execute_dir"]
+                assert checked[1] == real_ino and checked[1] != outside_ino
+                seen["ok"] += 1
+            else:
+                seen["refused"] += 1
+    finally:
+        stop.set()
+        t.join()
+        for p in (swap, tmp_link, XROOT / "tmp-to-real", XROOT / "swap.new"):
+            if p.is_symlink():
+                p.unlink()
+        shutil.rmtree(real, ignore_errors=True)
+        shutil.rmtree(swap, ignore_errors=True)
+    assert seen["refused"] > 0  # the race was run
+
+
+def test_writable_config_refused(switchboard: None) -> None:
+    os.chmod(CONFIG, 0o666)
+    try:
+        refused(MEMBER, {"op": "create", "name": "cfg", "limits": {}}, "writable by root only")
+    finally:
+        os.chmod(CONFIG, 0o644)
+    os.chown(CONFIG, 1, -1)  # owned by a non-root user (daemon)
+    try:
+        refused(MEMBER, {"op": "create", "name": "cfg", "limits": {}}, "owned by root")
+    finally:
+        os.chown(CONFIG, 0, -1)
+    os.chmod(CONFIG.parent, 0o777)
+    try:
+        refused(MEMBER, {"op": "create", "name": "cfg", "limits": {}}, "writable by root only")
+    finally:
+        os.chmod(CONFIG.parent, 0o755)
+
+
+def test_hostile_environment(switchboard: None, tmp_path: Path, cleanup: list[tuple[str, str]]) -> None:
+    """PYTHONPATH/PYTHONHOME/LD_PRELOAD/PATH/locale of the caller reach nothing that runs as root."""
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    marker = tmp_path / "pwned"
+    for mod in ("json", "tomllib", "grp", "pwd", "site", "sitecustomize"):
+        (evil / f"{mod}.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    os.chmod(tmp_path, 0o777)
+    env = {
+        "PATH": f"{evil}:/usr/bin:/bin", "PYTHONPATH": str(evil), "PYTHONHOME": str(evil),
+        "PYTHONSTARTUP": str(evil / "site.py"), "PYTHONINSPECT": "1", "LD_PRELOAD": str(evil / "libevil.so"),
+        "LD_LIBRARY_PATH": str(evil), "LC_ALL": "xx_XX.EVIL", "LANG": "tr_TR.UTF-8", "PYTHONWARNINGS": "error",
+    }
+    r = ask(MEMBER, {"op": "create", "name": "envtest", "limits": {}}, env=env)
+    assert r.returncode == 0, r.stderr
+    cleanup.append((MEMBER, "envtest"))
+    assert not marker.exists()
+    r = ask(MEMBER, {"op": "destroy", "name": "envtest"}, env=env)
+    assert r.returncode == 0, r.stderr
+    assert not marker.exists()
+
+
+def _run_as(user: str, *args: str) -> subprocess.CompletedProcess[str]:
+    home = f"/home/{user}"
+    return subprocess.run(
+        [*as_user(user), SANDBOX_RUN, *args],
+        capture_output=True, text=True, timeout=120, check=False, cwd=home,
+        env={"PATH": "/usr/bin:/bin", "HOME": home, "XDG_RUNTIME_DIR": home},
+    )
+
+
+def test_member_runs_sandbox_run(switchboard: None, tmp_path: Path) -> None:
+    before = snapshot()
+    report = Path(f"/home/{MEMBER}/report.json")
+    r = _run_as(MEMBER, "--mem", "64M", "--report", str(report), "--", "id")
+    assert r.returncode == 0, r.stderr
+    uid = subprocess.run(["id", "-u", MEMBER], capture_output=True, text=True, check=True).stdout.strip()
+    assert r.stdout.startswith(f"uid={uid}({MEMBER})"), r.stdout
+    data = json.loads(report.read_text())
+    assert data["status"] == "exited" and data["memory_limit_bytes"] == 64 << 20
+    assert data["cpu_user_seconds"] is not None and data["memory_peak_bytes"]
+    assert "sbt-switchboard" in data["cgroup"]
+    assert snapshot() == before  # destroyed at the end
+
+
+def test_member_job_is_limited(switchboard: None) -> None:
+    r = _run_as(MEMBER, "--mem", "32M", "--", "python3", "-c", "b = bytearray(200 << 20)")
+    assert r.returncode == 137, r.stderr
+
+
+def test_outsider_gets_125(switchboard: None) -> None:
+    before = snapshot()
+    r = _run_as(OUTSIDER, "--mem", "64M", "--", "id")
+    assert r.returncode == 125
+    assert r.stderr.count("\n") == 1 and "not a member of group 'sandbox'" in r.stderr, r.stderr
+    assert snapshot() == before
