@@ -19,6 +19,11 @@ def state_dir() -> str:
     override = os.environ.get("SANDBOX_STATE_DIR")
     if override:
         return override
+    from .config import file_setting  # one stat when there is no /etc/sandbox/sandbox.toml
+
+    configured = file_setting("state_dir")
+    if configured:
+        return str(configured)
     if os.geteuid() == 0:
         return "/run/sandbox"
     runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}"
