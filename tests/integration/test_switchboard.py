@@ -99,6 +99,12 @@ def _installed() -> Iterator[None]:
             CONFIG.parent.mkdir(exist_ok=True)
             CONFIG.write_bytes(saved)
             os.chmod(CONFIG, 0o644)
+        else:  # ours, not the installer's default: --uninstall leaves it
+            CONFIG.unlink(missing_ok=True)
+            try:
+                CONFIG.parent.rmdir()
+            except OSError:
+                pass
         for d in _parents():
             try:
                 os.rmdir(d)
