@@ -74,6 +74,7 @@ def switchboard() -> Iterator[None]:
 
 def _installed() -> Iterator[None]:
     saved = CONFIG.read_bytes() if CONFIG.exists() else None
+    had_group = subprocess.run(["getent", "group", "sandbox"], capture_output=True, check=False).returncode == 0
     users: list[str] = []
     try:
         subprocess.run([str(ROOT / "helpers" / "install-switchboard")], check=True, capture_output=True)
@@ -94,7 +95,10 @@ def _installed() -> Iterator[None]:
             subprocess.run(["userdel", "-r", user], capture_output=True, check=False)
         for d in (XROOT, OUTSIDE):
             shutil.rmtree(d, ignore_errors=True)
-        subprocess.run([str(ROOT / "helpers" / "install-switchboard"), "--uninstall"], capture_output=True, check=False)
+        subprocess.run(
+            [str(ROOT / "helpers" / "install-switchboard"), "--uninstall", *([] if had_group else ["--remove-group"])],
+            capture_output=True, check=False,
+        )
         if saved is not None:
             CONFIG.parent.mkdir(exist_ok=True)
             CONFIG.write_bytes(saved)
