@@ -11,7 +11,7 @@ import signal
 import time
 from typing import NamedTuple
 
-from cgroupspy.controllers import BlkIOController, Controller, CpuAcctController, CpuController, MemoryController
+from cgroupspy.controllers import Controller, CpuAcctController, CpuController, MemoryController
 
 from ..limits import CPU_PERIOD_US, Limits
 from .base import (

@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -127,7 +126,8 @@ def main() -> int:
     print("| command | median | mean ± sd | min |")
     print("|---|---|---|---|")
     for label, r in launch.items():
-        print(f"| {label} | {r['median_ms']:.1f} ms | {r['mean_ms']:.1f} ± {r['stddev_ms']:.1f} ms | {r['min_ms']:.1f} ms |")
+        spread = f"{r['mean_ms']:.1f} ± {r['stddev_ms']:.1f} ms"
+        print(f"| {label} | {r['median_ms']:.1f} ms | {spread} | {r['min_ms']:.1f} ms |")
     print()
     print(f"supervisor CPU (launcher + init) over {sup['window_s']:.0f} s of `sleep`: {sup['supervisor_cpu_s']:.3f} s")
     print(f"supervisor private memory: launcher {sup['launcher_private_kib'] / 1024:.1f} MiB, "
