@@ -330,7 +330,8 @@ def parent_paths(cfg: dict[str, object], layout: dict[str, tuple[str, str]]) -> 
     section = cfg.get("cgroup", {})
     if not isinstance(section, dict):
         raise Broken("config: [cgroup] must be a table")
-    default = section.get("parent", "/sandbox-switchboard")
+    # not "sandbox-...": that prefix marks a sandbox, which `sandbox gc` may reclaim
+    default = section.get("parent", "/sandbox.switchboard")
     overrides = section.get("parents", {})
     if not isinstance(overrides, dict):
         raise Broken("config: [cgroup.parents] must be a table")
