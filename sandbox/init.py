@@ -112,6 +112,8 @@ def main(cfg: InitConfig) -> NoReturn:
     except OSError as e:
         # mount errors already name their step (SetupOp.describe)
         _fail(cfg.err_w, 125, (e.strerror or str(e)) if step == "set up mounts" else f"cannot {step}: {e.strerror}")
+    except BaseException as e:  # e.g. a netlink error: still one line, and never a return into the launcher
+        _fail(cfg.err_w, 125, f"cannot {step}: {type(e).__name__}: {e}")
     os.close(cfg.err_w)
     os.close(host_proc)
     _send(cfg.status_w, f"J {job}\n")
@@ -181,6 +183,8 @@ def _exec_job(cfg: InitConfig, host_proc: int) -> NoReturn:
         else:
             code = 125
         _fail(cfg.err_w, code, f"cannot {step}: {e.strerror}")
+    except BaseException as e:
+        _fail(cfg.err_w, 125, f"cannot {step}: {type(e).__name__}: {e}")
     os._exit(125)  # not reached: execvp returns only by raising
 
 

@@ -170,7 +170,10 @@ class Launch:
         sc.unshare(sc.CLONE_NEWPID)
         pid = os.fork()
         if pid == 0:
-            init.main(cfg)  # never returns
+            try:
+                init.main(cfg)  # never returns
+            finally:
+                os._exit(125)  # whatever happens, the child never runs the launcher's code
         self.init_pid = pid
         self.report["init_host_pid"] = pid
         for fd in (*join_fds, err_w, status_w, go_r):
