@@ -16,7 +16,9 @@ import pytest
 
 from tests.conftest import SANDBOX_RUN, needs_root, run_sandbox
 
-pytestmark = [needs_root, pytest.mark.cgroup]
+# Only the cgroup attack below depends on the cgroup layout; the rest is namespaces and
+# mounts, the same on every layout, and runs once, on the host.
+pytestmark = [needs_root]
 
 PY = "/usr/bin/python3"  # the job's user cannot reach the project's venv
 NOBODY = 65534
@@ -279,6 +281,7 @@ print("CG2", sorted(set(l.split(":", 2)[2].strip() for l in open("/proc/self/cgr
 """
 
 
+@pytest.mark.cgroup
 def test_job_cannot_leave_or_touch_cgroups(execute_root: Path, tmp_path: Path) -> None:
     report = tmp_path / "r.json"
     p = job(execute_root / "dir_1", CGROUP_ATTACKS, "--report", str(report), timeout=120)
@@ -286,7 +289,9 @@ def test_job_cannot_leave_or_touch_cgroups(execute_root: Path, tmp_path: Path) -
     out = p.stdout.splitlines()
     assert "CG ['/']" in out  # its own cgroup namespace: nothing above its cgroup shows
     result = next(line for line in out if line.startswith("RESULT")).split()
-    assert result[1] == "0" and int(result[2]) > 10, p.stdout
+    # nothing succeeded; at least its own cgroup.procs and a mkdir were tried (v2 has
+    # one hierarchy, the hybrid layout several)
+    assert result[1] == "0" and int(result[2]) >= 2, p.stdout
     assert "CG2 ['/']" in out
     leftovers = subprocess.run(
         ["find", "/sys/fs/cgroup", "-maxdepth", "4", "-name", "escape"], capture_output=True, text=True, check=False
