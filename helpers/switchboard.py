@@ -558,12 +558,13 @@ def op_create(cfg: dict[str, object], caller: Caller, req: dict[str, object]) ->
     job = Job(cfg, str(req["name"]))
     made: list[str] = []
     try:
+        # The parent first: on v2 the controllers are enabled down to and in it.
+        job.open_parents(create=True)
         v2_enabled = _enable_v2_controllers(job) if job.kind == "v2" else set()
         needed = {"memory": "memory", "pids": "pids", "cpus": "cpu"}
         for lim, ctrl in needed.items():
             if job.kind == "v2" and limits[lim] is not None and ctrl not in v2_enabled:
                 raise Refusal(f"the {ctrl} controller is not available in the v2 parent")
-        job.open_parents(create=True)
         for key, pfd in job.parent_fds.items():
             try:
                 os.mkdir(job.dirname, 0o755, dir_fd=pfd)
