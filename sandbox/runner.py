@@ -114,10 +114,18 @@ class Launch:
             self.report["cgroup"] = self.cg.primary_path()
             self.report["cgroup_version"] = self.cg.version
             init_status = self._start_and_supervise(ops)
+        except errors.SandboxError as e:
+            self.exec_error = (e.exit_code, e.message)
         except CgroupError as e:
             self.exec_error = (errors.EXIT_SANDBOX_FAILED, str(e))
         except OSError as e:
             self.exec_error = (errors.EXIT_SANDBOX_FAILED, f"{e.strerror or e}")
+        except Exception as e:
+            # A bug or an unexpected failure (a switchboard reply, ...): the job is torn
+            # down and the report written all the same; --debug shows where.
+            if self.spec.debug:
+                raise
+            self.exec_error = (errors.EXIT_SANDBOX_FAILED, f"internal error: {type(e).__name__}: {e}")
         finally:
             self.report["wall_seconds"] = round(time.monotonic() - t0, 6)
             if self.fs is not None:
