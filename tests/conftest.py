@@ -72,12 +72,18 @@ def sandbox_cgroup_dirs() -> set[str]:
     return found
 
 
+# Every process this test run starts inherits this variable (launchers, their inits,
+# jobs), so a leftover is recognised as ours even after it was reparented, and the
+# sandboxes of another test run on the same machine are never judged or killed.
+TEST_RUN = f"{os.getpid()}-{os.urandom(4).hex()}"
+os.environ["SANDBOX_TEST_RUN"] = TEST_RUN
+_MARK = f"SANDBOX_TEST_RUN={TEST_RUN}".encode()
+
+
 def sandbox_processes() -> set[int]:
-    """Processes of sandbox-run (launchers and inits) in this test session's session:
-    other sessions' sandboxes on the same machine are not ours to judge."""
+    """Processes of sandbox-run (launchers and inits) started by this test run."""
     pids = set()
     me = os.getpid()
-    sid = os.getsid(0)
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == me:
             continue
@@ -86,18 +92,15 @@ def sandbox_processes() -> set[int]:
                 cmd = f.read()
             with open(f"/proc/{entry}/comm") as f:
                 comm = f.read().strip()
+            if not (b"sandbox-run" in cmd or comm == "sandbox-init"):
+                continue
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                ours = _MARK in f.read().split(b"\0")
         except OSError:
             continue
-        if (b"sandbox-run" in cmd or comm == "sandbox-init") and _same_session(int(entry), sid):
+        if ours:
             pids.add(int(entry))
     return pids
-
-
-def _same_session(pid: int, sid: int) -> bool:
-    try:
-        return os.getsid(pid) == sid
-    except OSError:
-        return False
 
 
 def state_files() -> set[str]:

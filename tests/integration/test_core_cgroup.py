@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import resource
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -15,6 +14,11 @@ from tests.conftest import LAYOUT, needs_root, run_sandbox
 from tests.integration.test_core import Running, host_processes_with, one_error_line, run_report, wait_until
 
 pytestmark = [needs_root, pytest.mark.cgroup]
+
+# The system interpreter, not this venv's: a checkout under /tmp (hidden by the job's
+# private /tmp) must not make the job's python disappear.
+JOB_PYTHON = "/usr/bin/python3"
+
 
 MiB = 1 << 20
 
@@ -88,7 +92,7 @@ def test_cpu_of_many_short_lived_children_is_counted(tmp_path: Path) -> None:
 
 
 def test_oom_kill(tmp_path: Path) -> None:
-    p, r = run_report(tmp_path, "--mem", "50M", "--", sys.executable, "-c", "b = b'x' * (100 << 20)")
+    p, r = run_report(tmp_path, "--mem", "50M", "--", JOB_PYTHON, "-c", "b = b'x' * (100 << 20)")
     assert p.returncode == 137
     assert r["status"] == "oom_killed" and r["oom_kills"] >= 1 and r["signal"] == 9
     assert r["memory_limit_bytes"] == 50 * MiB
@@ -108,7 +112,7 @@ def test_tmpfs_is_charged_to_the_job(tmp_path: Path) -> None:
 
 
 def test_memory_peak_is_the_job_plus_a_little(tmp_path: Path) -> None:
-    p, r = run_report(tmp_path, "--mem", "1G", "--", sys.executable, "-c", "b = b'x' * (100 << 20)")
+    p, r = run_report(tmp_path, "--mem", "1G", "--", JOB_PYTHON, "-c", "b = b'x' * (100 << 20)")
     assert p.returncode == 0, p.stderr
     peak = r["memory_peak_bytes"]
     # the 100 MiB, the interpreter (~3 MiB here) and init: no more than ~10 MiB above
