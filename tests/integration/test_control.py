@@ -18,7 +18,8 @@ from tests.conftest import SANDBOX, SANDBOX_RUN, needs_root, run_sandbox
 
 pytestmark = [needs_root, pytest.mark.cgroup]
 
-BURN = ["python3", "-c", "while True: pass"]
+# the system interpreter by path: a PATH lookup may find a shim that needs the cwd
+BURN = ["/usr/bin/python3", "-c", "while True: pass"]
 
 
 def sandbox(*args: str, **kw) -> subprocess.CompletedProcess[str]:

@@ -373,7 +373,7 @@ def test_member_runs_sandbox_run(switchboard: None, tmp_path: Path) -> None:
 
 
 def test_member_job_is_limited(switchboard: None) -> None:
-    r = _run_as(MEMBER, "--mem", "32M", "--", "python3", "-c", "b = bytearray(200 << 20)")
+    r = _run_as(MEMBER, "--mem", "32M", "--", "/usr/bin/python3", "-c", "b = bytearray(200 << 20)")
     assert r.returncode == 137, r.stderr
 
 
