@@ -30,7 +30,8 @@ WAITED = frozenset((*FORWARDED, signal.SIGCHLD))
 
 class InitConfig(NamedTuple):
     argv: tuple[str, ...]
-    cwd: str | None
+    cwd: str  # the job's working directory, looked up again inside the new mount namespace
+    cwd_is_inherited: bool  # the launcher's own: if it has no path in the sandbox, start in /
     join_fds: tuple[int, ...]  # cgroup.procs files to write "0" into
     err_w: int  # close-on-exec error pipe to the launcher
     status_w: int  # messages to the launcher: J (job ns pid), H (job host pid), X (final status)
@@ -94,10 +95,9 @@ def main(cfg: InitConfig) -> NoReturn:
         mountns.execute(list(cfg.mount_ops))
         for fd in cfg.fs_fds:
             os.close(fd)
-        if cfg.cwd is not None and cfg.cwd.startswith("/"):
-            # init is visible to the job: its cwd (the launcher's) must not be a way back
-            # into a hidden directory through /proc/1/cwd.
-            os.chdir("/")
+        # init is visible to the job: its cwd (the launcher's) must not be a way back
+        # into a hidden directory through /proc/1/cwd.
+        os.chdir("/")
         if cfg.net_setup is not None:
             step = "bring up the loopback interface"
             cfg.net_setup()
@@ -172,9 +172,17 @@ def _exec_job(cfg: InitConfig, host_proc: int) -> NoReturn:
         if cfg.creds is not None:
             step = "switch to the job's user"
             _drop_privileges(cfg.creds, cfg.last_cap)
-        if cfg.cwd is not None:
-            step = f"change directory to {cfg.cwd!r}"
+        step = f"change directory to {cfg.cwd!r}"
+        # By path, in the new mount namespace: an inherited directory reference would
+        # keep a pathless way into whatever the sandbox covers (the host's /tmp, a hidden
+        # execute directory). The launcher's own directory may have no path here (it was
+        # under /tmp, say): then the job starts in / rather than in the host's.
+        try:
             os.chdir(cfg.cwd)
+        except OSError:
+            if not cfg.cwd_is_inherited:
+                raise
+            os.chdir("/")
         step = f"execute {cfg.argv[0]!r}"
         os.execvp(cfg.argv[0], list(cfg.argv))
     except OSError as e:

@@ -146,9 +146,8 @@ class Launch:
             close_in_child.append(spec.report_fd)
         cfg = init.InitConfig(
             argv=spec.argv,
-            cwd=spec.cwd if spec.cwd is not None or self.fs is None or self.fs.execute_dir is None else (
-                self.fs.execute_dir.path
-            ),
+            cwd=_job_cwd(spec, self.fs),
+            cwd_is_inherited=spec.cwd is None and (self.fs is None or self.fs.execute_dir is None),
             join_fds=tuple(join_fds),
             err_w=err_w,
             status_w=status_w,
@@ -418,6 +417,17 @@ def _prepare_fs(spec: JobSpec) -> Prepared | None:
 
     owner = (spec.user.uid, spec.user.gid) if spec.user is not None else None
     return prepare(spec.execute_dir, spec.binds, spec.hide, owner)
+
+
+def _job_cwd(spec: JobSpec, fs: Prepared | None) -> str:
+    if spec.cwd is not None:
+        return os.path.join(os.getcwd(), spec.cwd)
+    if fs is not None and fs.execute_dir is not None:
+        return fs.execute_dir.path
+    try:
+        return os.getcwd()
+    except FileNotFoundError:  # the launcher's directory was removed: nothing to inherit
+        return "/"
 
 
 def _isolation_flags(spec: JobSpec) -> int:

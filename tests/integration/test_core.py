@@ -525,3 +525,27 @@ def test_stats_summary_on_stderr() -> None:
         assert label in p.stderr
     p = run_sandbox("--", "true")
     assert p.stderr == ""  # no summary unless asked
+
+
+def test_inherited_cwd_under_host_tmp_gives_no_way_into_it(tmp_path):
+    """A starter whose working directory is in the host's /tmp: the job's /tmp is
+    private, so that directory has no path in the sandbox, and the job must not keep a
+    pathless reference to it (reading the host's files through '.'). It starts in /."""
+    host_dir = Path(tempfile.mkdtemp(dir="/tmp", prefix="sandbox-test-cwd-"))
+    try:
+        (host_dir / "secret").write_text("host data\n")
+        p = subprocess.run(
+            [SANDBOX_RUN, "--", "sh", "-c", "pwd; cat secret 2>&1; ls"],
+            cwd=host_dir, capture_output=True, text=True, timeout=60, check=False,
+        )
+        assert p.returncode == 0, p.stderr
+        lines = p.stdout.splitlines()
+        assert lines[0] == "/"
+        assert "host data" not in p.stdout
+        # a visible directory is kept: /usr exists in the sandbox too
+        p = subprocess.run(
+            [SANDBOX_RUN, "--", "pwd"], cwd="/usr", capture_output=True, text=True, timeout=60, check=False
+        )
+        assert p.stdout.strip() == "/usr"
+    finally:
+        shutil.rmtree(host_dir)
