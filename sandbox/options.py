@@ -38,24 +38,6 @@ def _report_fd(text: str) -> int:
     return fd
 
 
-def _bind(text: str) -> tuple[str, str]:
-    from .paths import parse_bind
-
-    return parse_bind(text)
-
-
-def _user(text: str) -> str:
-    from .credentials import check_user
-
-    return check_user(text)
-
-
-def _net(text: str) -> str:
-    if text not in ("host", "none"):
-        raise ValueError(f"invalid network mode {text!r}: expected host or none")
-    return text
-
-
 LABEL_KEY_MAX = 64
 LABEL_VALUE_MAX = 256
 
@@ -84,6 +66,24 @@ def _report_format(text: str) -> str:
     return text
 
 
+def _bind(text: str) -> tuple[str, str]:
+    from .paths import parse_bind
+
+    return parse_bind(text)
+
+
+def _user(text: str) -> str:
+    from .credentials import check_user
+
+    return check_user(text)
+
+
+def _net(text: str) -> str:
+    if text not in ("host", "none"):
+        raise ValueError(f"invalid network mode {text!r}: expected host or none")
+    return text
+
+
 RUN_OPTIONS: tuple[Option, ...] = (
     Option(("--mem",), "mem", "Hard memory limit (2G, 512M, 1.5G or bytes); no swap beyond it unless --swap.",
            "SIZE", lambda v: parse_size(v, "memory size")),
@@ -109,12 +109,6 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option(("--stats",), "stats", "Print a usage summary on stderr at the end.", is_flag=True),
     Option(("-v", "--verbose"), "verbose", "Say what happens on stderr, and print the summary.", is_flag=True),
     Option(("--debug",), "debug", "Show tracebacks of internal errors.", is_flag=True),
-    Option(("--label",), "labels", "Label the sandbox KEY=VALUE (repeatable; e.g. tenant=, job=): in the report, "
-           "`sandbox ps` and the accounting log.", "KEY=VALUE", parse_label, multiple=True),
-    Option(("--report-format",), "report_format", "Format of --report: json [default] or classad (HTCondor names).",
-           "FORMAT", _report_format),
-    Option(("--from-slurm",), "from_slurm", "Take --mem and --cpus, when not given, from the Slurm allocation "
-           "(SLURM_MEM_PER_NODE / SLURM_MEM_PER_CPU, SLURM_CPUS_PER_TASK).", is_flag=True),
     # isolation (issue 3): see README "Isolation model"
     Option(("--execute-dir",), "execute_dir",
            "Run the job in DIR with every other entry of DIR's parent hidden; /tmp and /var/tmp "
@@ -128,6 +122,12 @@ RUN_OPTIONS: tuple[Option, ...] = (
            "in its own cgroup namespace.", "USER[:GROUP]", _user),
     Option(("--net",), "net", "Network: host [default] or none (a new namespace with loopback only).",
            "MODE", _net),
+    Option(("--label",), "labels", "Label the sandbox KEY=VALUE (repeatable; e.g. tenant=, job=): in the report, "
+           "`sandbox ps` and the accounting log.", "KEY=VALUE", parse_label, multiple=True),
+    Option(("--report-format",), "report_format", "Format of --report: json [default] or classad (HTCondor names).",
+           "FORMAT", _report_format),
+    Option(("--from-slurm",), "from_slurm", "Take --mem and --cpus, when not given, from the Slurm allocation "
+           "(SLURM_MEM_PER_NODE / SLURM_MEM_PER_CPU, SLURM_CPUS_PER_TASK).", is_flag=True),
 )
 
 
