@@ -3,9 +3,11 @@ limits hold, and the figures count every process (issue 2)."""
 
 from __future__ import annotations
 
+import os
 import resource
 import subprocess
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -149,3 +151,60 @@ def test_layout_of_this_host_is_reported(tmp_path: Path) -> None:
     _, r = run_report(tmp_path, "--", "true")
     assert r["cgroup_version"] == LAYOUT.kind
     assert not wait_until(lambda: Path(r["cgroup"]).exists(), timeout=0.2)  # removed at the end
+
+
+# --- cgroup v2 delegation -------------------------------------------------------------
+# v2's "no internal processes" rule is where launchers break on systemd hosts: a parent
+# that has processes of its own cannot hand the memory controller to a child. These run
+# where the unified hierarchy has the controllers (pure v2: the CI lane's guest).
+
+needs_v2_controllers = pytest.mark.skipif(
+    LAYOUT.kind != "v2", reason="needs a unified hierarchy with controllers (pure cgroup v2)"
+)
+
+
+@pytest.fixture
+def v2_parent() -> Iterator[Path]:
+    """An empty test cgroup under the launcher's own v2 cgroup, removed afterwards."""
+    assert LAYOUT.unified is not None
+    own = Path(LAYOUT.unified.directory(LAYOUT.unified.own_path))
+    # what an admin or systemd does for a delegated subtree: controllers enabled down to it
+    wanted = {"memory", "pids", "cpu", "io"} & set((own / "cgroup.controllers").read_text().split())
+    (own / "cgroup.subtree_control").write_text(" ".join("+" + c for c in sorted(wanted)))
+    parent = own / f"sbtest-{os.getpid()}"
+    parent.mkdir()
+    try:
+        yield parent
+    finally:
+        for pid in (parent / "cgroup.procs").read_text().split():
+            (own / "cgroup.procs").write_text(pid)  # back where it came from
+        os.rmdir(parent)
+
+
+@needs_v2_controllers
+def test_v2_parent_with_processes_is_refused_cleanly(tmp_path: Path, v2_parent: Path) -> None:
+    busy = subprocess.Popen(["sleep", "60"])
+    try:
+        (v2_parent / "cgroup.procs").write_text(str(busy.pid))
+        rel = "/" + str(v2_parent.relative_to(LAYOUT.unified.mountpoint))  # type: ignore[union-attr]
+        before = sorted(p.name for p in v2_parent.iterdir())
+        p, r = run_report(tmp_path, "--cgroup-parent", rel, "--mem", "64M", "--", "true")
+        assert p.returncode == 125 and r["status"] == "failed_to_start"
+        assert "no internal processes" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert sorted(p.name for p in v2_parent.iterdir()) == before  # no half-made sandbox
+        assert (v2_parent / "cgroup.subtree_control").read_text().strip() == ""
+    finally:
+        busy.kill()
+        busy.wait()
+
+
+@needs_v2_controllers
+def test_v2_delegated_empty_parent_works(tmp_path: Path, v2_parent: Path) -> None:
+    rel = "/" + str(v2_parent.relative_to(LAYOUT.unified.mountpoint))  # type: ignore[union-attr]
+    p, r = run_report(tmp_path, "--cgroup-parent", rel, "--mem", "64M", "--pids", "30", "--",
+                      "sh", "-c", "cat /proc/self/cgroup")
+    assert p.returncode == 0, p.stderr
+    assert r["cgroup"].startswith(str(v2_parent) + "/sandbox-") and r["cgroup_version"] == "v2"
+    assert f"{rel}/sandbox-{r['name']}" in p.stdout
+    assert r["memory_limit_bytes"] == 64 << 20 and r["memory_peak_bytes"] is not None
+    assert not any(d.name.startswith("sandbox-") for d in v2_parent.iterdir())
