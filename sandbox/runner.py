@@ -252,11 +252,17 @@ class Launch:
         init_gone = False
         deadline = time.monotonic() + spec.timeout if spec.timeout else None
         kill_at: float | None = None
-        while not init_gone:
+        # Until init is gone AND the exec handshake is read to its end: init's exit can be
+        # seen first, with a failed exec's message still in the error pipe.
+        while not (init_gone and exec_done):
             now = time.monotonic()
             timers = [t for t in (deadline, kill_at) if t is not None]
             wait_ms = None if not timers else max(0, int((min(timers) - now) * 1000) + 1)
+            if init_gone:  # every writer of the error pipe is gone: its end is due now
+                wait_ms = 1000 if wait_ms is None else min(wait_ms, 1000)
             events = poller.poll(wait_ms)
+            if init_gone and not events:
+                break
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 deadline = None
