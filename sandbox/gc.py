@@ -13,6 +13,7 @@ import time
 from . import state
 from .cgroups import PREFIX, CgroupError, JobCgroup, detect, job_cgroup
 from .cgroups.layout import Layout
+from .spec import check_name
 
 # A cgroup without a state file may belong to a launcher that has just created it and
 # not yet written its state: leave those alone for this long.
@@ -24,10 +25,20 @@ def _restore(data: dict[str, object], layout: Layout) -> JobCgroup | None:
     paths = data.get("cgroup_paths")
     if not isinstance(name, str) or not isinstance(paths, dict):
         return None
+    # A state file names the directories to kill: accept only sandbox directories of
+    # this very name, so that a doctored or corrupt file cannot aim gc at another cgroup.
+    try:
+        check_name(name)
+    except ValueError:
+        return None
+    if not paths or any(os.path.basename(str(p)) != PREFIX + name for p in paths.values()):
+        return None
     return job_cgroup(name, None, layout, parent_dirs={k: os.path.dirname(str(v)) for k, v in paths.items()})
 
 
-def reclaim_stale(directory: str | None = None, layout: Layout | None = None) -> list[str]:
+def reclaim_stale(
+    directory: str | None = None, layout: Layout | None = None, kill_timeout: float = 10.0
+) -> list[str]:
     """Destroy the cgroup of every sandbox whose launcher is gone; return their names."""
     layout = layout or detect()
     directory = directory or state.state_dir()
@@ -45,9 +56,9 @@ def reclaim_stale(directory: str | None = None, layout: Layout | None = None) ->
         except FileNotFoundError:
             continue
         try:
-            cg = _restore(data, layout)
+            cg = _restore({**data, "name": name}, layout)
             if cg is not None:
-                cg.destroy()
+                cg.destroy(kill_timeout)
             reclaimed.append(name)
         except CgroupError:
             os.rename(claimed, src)  # leave it for the next try

@@ -70,8 +70,11 @@ def write_atomic(path: str, report: dict[str, Any]) -> None:
 def write_atomic_text(path: str, text: str) -> None:
     """write_atomic for a report already formatted (JSON or a ClassAd)."""
     directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    # A root launcher may write into a directory the job's user can write (a scratch
+    # dir): an unpredictable name created with O_EXCL|O_NOFOLLOW, so that no planted
+    # symlink redirects the write.
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.urandom(6).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
         os.write(fd, text.encode())
         os.fsync(fd)

@@ -90,6 +90,7 @@ class Launch:
         self.main_status: int | None = None
         self.maxrss_kb: int | None = None
         self.exec_error: tuple[int, str] | None = None
+        self.cleanup_error: str | None = None  # the job's outcome stands; this goes to `error`
         self.timed_out = False
         self.started = False
         self.state_written = False
@@ -106,11 +107,11 @@ class Launch:
             self.fs = _prepare_fs(self.spec)
             ops = mountns.plan(self.spec, self.fs)
             # Without root the switchboard makes the cgroup (issue 4): see cgroups/delegated.py
-            if os.geteuid() == 0:
-                self.cg = job_cgroup(self.spec.name, self.spec.cgroup_parent)
-            else:
-                self.cg = _delegated(self.spec)
-            self.cg.create(self.spec.limits)
+            cg = job_cgroup(self.spec.name, self.spec.cgroup_parent) if os.geteuid() == 0 else _delegated(self.spec)
+            # Ours only once created: a name already in use is another launcher's cgroup,
+            # which the teardown must never kill (create() cleans up its own partial work).
+            cg.create(self.spec.limits)
+            self.cg = cg
             self.report["cgroup"] = self.cg.primary_path()
             self.report["cgroup_version"] = self.cg.version
             init_status = self._start_and_supervise(ops)
@@ -218,7 +219,7 @@ class Launch:
         assert self.cg is not None
         try:
             if os.geteuid() == 0:  # without root, the switchboard agent reclaims its own
-                gc.reclaim_stale()
+                gc.reclaim_stale(kill_timeout=1.0)  # a stuck one is left for `sandbox gc`
         except (OSError, CgroupError) as e:
             _say(f"warning: could not reclaim stale sandboxes: {e}")
         data: dict[str, Any] = {
@@ -332,14 +333,18 @@ class Launch:
             "job_ns_pid": self.job_ns_pid,
             "started_at": self.report["started_at"],
         }
-        if self.spec.report_fd is not None:
-            report.write_event(self.spec.report_fd, "started", event)
         if self.state_written:
+            # before the event: a caller that acts on 'started' finds the PIDs in the state
             from . import state
 
             data = state.read(self.spec.name) or {}
             data.update(job_host_pid=self.job_host_pid, job_ns_pid=self.job_ns_pid)
-            state.write(self.spec.name, data)
+            try:
+                state.write(self.spec.name, data)
+            except OSError as e:  # the job runs fine without it: a warning, never a kill
+                _say(f"warning: cannot update the sandbox state: {e.strerror}")
+        if self.spec.report_fd is not None:
+            report.write_event(self.spec.report_fd, "started", event)
         if self.verbose:
             _say(
                 f"started '{self.spec.name}': init pid {self.init_pid}, job pid {self.job_host_pid} "
@@ -353,16 +358,23 @@ class Launch:
         every path, failures included: a leftover cgroup is a bug."""
         usage = Usage()
         cg = self.cg
+        cleaned = True
         if cg is not None and cg.exists():
             try:
                 cg.kill()
-                usage = cg.usage()
-                cg.remove_dirs()
             except (OSError, CgroupError) as e:
-                _say(f"error: cannot clean up cgroup {cg.primary_path()}: {e}")
-                if self.exec_error is None:
-                    self.exec_error = (errors.EXIT_SANDBOX_FAILED, f"cannot clean up the cgroup: {e}")
-        if self.state_written:
+                cleaned = False
+                self.cleanup_error = f"cannot kill what is left in {cg.primary_path()}: {e}"
+            try:
+                usage = cg.usage()
+                if cleaned:
+                    cg.remove_dirs()
+            except (OSError, CgroupError) as e:
+                cleaned = False
+                self.cleanup_error = f"cannot remove cgroup {cg.primary_path()}: {e}"
+        # A cgroup that could not be removed keeps its state file: `sandbox gc` (or the
+        # next launch) finds and reclaims it once its launcher is gone.
+        if self.state_written and cleaned:
             from . import state
 
             state.remove(self.spec.name)
@@ -373,7 +385,7 @@ class Launch:
         outcome = decide(self.main_status, init_status, self.exec_error, self.timed_out, usage.oom_kills)
         r["status"], r["exit_code"], r["signal"], r["returncode"] = outcome
         r["ended_at"] = time.time()
-        r["error"] = self.exec_error[1] if self.exec_error else None
+        r["error"] = self.exec_error[1] if self.exec_error else self.cleanup_error
         r["job_ns_pid"] = self.job_ns_pid
         r["job_host_pid"] = self.job_host_pid
         r["cpu_user_seconds"] = usage.cpu_user_seconds
@@ -389,8 +401,8 @@ class Launch:
         r["io_read_bytes"] = usage.io_read_bytes
         r["io_write_bytes"] = usage.io_write_bytes
         r["pids_peak"] = usage.pids_peak
-        if self.exec_error is not None:
-            _say(self.exec_error[1])
+        if r["error"] is not None:
+            _say(r["error"])
         if self.spec.report_path:
             try:
                 if self.spec.report_format == "classad":

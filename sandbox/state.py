@@ -40,8 +40,9 @@ def write(name: str, data: dict[str, Any], directory: str | None = None) -> None
     directory = directory or state_dir()
     os.makedirs(directory, mode=0o755, exist_ok=True)
     final = path_for(name, directory)
-    tmp = f"{final}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
+    tmp = f"{final}.{os.urandom(6).hex()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "w") as f:
         json.dump(data, f)
     os.rename(tmp, final)
 

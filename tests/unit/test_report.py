@@ -140,3 +140,20 @@ def test_summary_with_nothing_measured() -> None:
     text = summary(r)
     assert "failed to start: cgroup parent /x does not exist" in text
     assert "n/a" in text and "limit none" in text
+
+
+def test_write_atomic_does_not_follow_a_planted_temp_symlink(tmp_path, monkeypatch):
+    """A root launcher writing into a directory the job's user controls: even a symlink
+    planted at the exact temp name is not followed (O_EXCL|O_NOFOLLOW)."""
+    import os
+
+    from sandbox import report as report_mod
+
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    monkeypatch.setattr(report_mod.os, "urandom", lambda n: b"\0" * n)
+    os.symlink(victim, tmp_path / f".r.json.{'00' * 6}.tmp")
+    with pytest.raises(FileExistsError):
+        report_mod.write_atomic(str(tmp_path / "r.json"), report_mod.new_report("x"))
+    assert victim.read_text() == "precious\n"
+    assert not (tmp_path / "r.json").exists()
