@@ -25,10 +25,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import select
 import shutil
 import signal as _signal
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -251,13 +253,26 @@ class Sandbox:
         """Wait for the job to end; its report. subprocess.TimeoutExpired after `timeout`."""
         if self._report is not None:
             return self._report
-        self.process.wait(timeout)
+        # Read the events to their end first, then reap: an 'exited' event larger than
+        # the pipe's buffer (a long argv) blocks sandbox-run until it is read.
         exited = None
-        for line in self._events:  # sandbox-run has exited: this reads to EOF at once
+        deadline = None if timeout is None else time.monotonic() + timeout
+        buf = b""
+        fd = self._events.fileno()
+        while True:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([fd], [], [], wait)[0]:
+                raise subprocess.TimeoutExpired(self.process.args, timeout or 0.0)
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            buf += chunk
+        for line in buf.splitlines():
             event = _event(line)
             if event is not None and event.get("event") == "exited":
                 exited = event
         self._events.close()
+        self.process.wait()
         if exited is None:
             raise SandboxRunError(f"sandbox-run ended (status {self.process.returncode}) without a report")
         self._report = Report.from_dict(exited)
@@ -271,7 +286,9 @@ class Sandbox:
             try:
                 self.kill()
             except errors.SandboxError:
-                pass  # it ended meanwhile
+                # not reachable through its state (it ended meanwhile, or its state is
+                # elsewhere): sandbox-run itself forwards SIGTERM and kills after the grace
+                self.process.send_signal(_signal.SIGTERM)
         try:
             self.wait()
         except SandboxRunError:
@@ -321,7 +338,8 @@ def start(
         raise
     finally:
         os.close(w)
-    events = os.fdopen(r, "rb")
+    # unbuffered: wait() reads the rest with os.read, which a buffer would hide from
+    events = os.fdopen(r, "rb", buffering=0)
     first = _event(events.readline())
     if first is not None and first.get("event") == "started":
         return Sandbox(process, events, first)
