@@ -166,9 +166,15 @@ def _exec_job(cfg: InitConfig, host_proc: int) -> NoReturn:
         signal.pthread_sigmask(signal.SIG_SETMASK, ())
         for sig in (signal.SIGPIPE, signal.SIGXFSZ):
             signal.signal(sig, signal.SIG_DFL)
-        os.setpgid(0, 0)
-        if cfg.take_terminal:
-            _take_terminal()
+        if cfg.creds is not None and any(os.isatty(fd) for fd in (0, 1, 2)):
+            # A job of another user must not share the caller's controlling terminal:
+            # with it, ioctl(TIOCSTI) types commands into the caller's shell (bubblewrap's
+            # CVE-2017-5226). A session of its own has no controlling terminal.
+            os.setsid()
+        else:
+            os.setpgid(0, 0)
+            if cfg.take_terminal:
+                _take_terminal()
         if cfg.creds is not None:
             step = "switch to the job's user"
             _drop_privileges(cfg.creds, cfg.last_cap)

@@ -418,3 +418,20 @@ def test_net_none_has_only_loopback(execute_root: Path) -> None:
     assert "OUT 101" in out  # ENETUNREACH: no route at all
     host = job(execute_root / "dir_2", "print(len(open('/proc/net/dev').readlines()) - 2)")
     assert host.returncode == 0 and int(host.stdout) > 1  # the host's interfaces: shared
+
+
+def test_job_cannot_type_into_the_callers_terminal() -> None:
+    """CVE-2017-5226 (bubblewrap): a job that keeps the caller's controlling terminal can
+    push input into it with TIOCSTI, to be run by the caller's (root's) shell."""
+    code = (
+        "import fcntl, termios\n"
+        "try:\n"
+        "    fcntl.ioctl(0, termios.TIOCSTI, b'#')\n"
+        "    print('INJECTED')\n"
+        "except OSError as e:\n"
+        "    print('REFUSED', e.errno)\n"
+    )
+    cmd = f"{SANDBOX_RUN} --user nobody -- /usr/bin/python3 -c \"{code}\""
+    p = subprocess.run(["script", "-qec", cmd, "/dev/null"], capture_output=True, text=True, timeout=60,
+                       stdin=subprocess.DEVNULL, check=False)
+    assert "REFUSED" in p.stdout and "INJECTED" not in p.stdout, p.stdout + p.stderr
