@@ -739,6 +739,10 @@ def harden() -> None:
     for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU):
         signal.signal(sig, signal.SIG_IGN)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    if os.geteuid() != 0:
+        # no_new_privs (apptainer, systemd NoNewPrivileges=) makes exec ignore the
+        # setuid bit: say so instead of failing later with a bare EACCES
+        raise Broken("not running as root: the wrapper's setuid bit was ignored (no_new_privs set?)")
     if os.geteuid() == 0:
         os.setgroups([])
         os.setresgid(0, 0, 0)

@@ -245,12 +245,14 @@ def prepare(
                 devnull = keep(resolve("/dev/null", "--hide"))
         scratch: list[tuple[Resolved, str]] = []
         if ex is not None:
-            uid, gid = owner if owner is not None else (0, 0)
+            # Without --user the job runs as the launcher: root, or (through the
+            # switchboard) the unprivileged caller, who can only give files to itself.
+            uid, gid = owner if owner is not None else (os.geteuid(), os.getegid())
             if owner is not None:
                 _own_execute_dir(ex, uid, gid)
             # The job's user alone: /tmp is not shared with anybody inside the sandbox.
             # A root job keeps the sticky world-writable /tmp it would have anywhere.
-            mode = 0o700 if owner is not None else 0o1777
+            mode = 0o1777 if uid == 0 else 0o700
             for name, target in SCRATCH:
                 d = keep(_scratch_dir(ex.fd, name, uid, gid, mode))
                 scratch.append((d._replace(path=f"{ex.path}/{name}"), target))

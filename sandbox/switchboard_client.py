@@ -100,11 +100,16 @@ def _agent_main(req_r: int, rep_w: int, name: str) -> None:
         buf += data
         while b"\n" in buf:
             line, buf = buf.split(b"\n", 1)
-            request = json.loads(line)
+            # Nothing here may end the agent before its last duty (the destroy below).
             try:
+                request = json.loads(line)
+                if not isinstance(request, dict):
+                    raise ValueError("not an object")
                 reply: dict[str, object] = call(request)
             except SwitchboardError as e:
-                reply = {"ok": False, "error": str(e)}
+                request, reply = {}, {"ok": False, "error": str(e)}
+            except (ValueError, OSError) as e:
+                request, reply = {}, {"ok": False, "error": f"bad request to the agent: {e}"}
             if request.get("op") == "destroy" and reply.get("ok"):
                 destroyed = True
             if request.get("op") == "create" and not reply.get("ok"):

@@ -93,7 +93,6 @@ _SYS_FSOPEN = 430
 _SYS_FSCONFIG = 431
 _SYS_FSMOUNT = 432
 _SYS_MOUNT_SETATTR = 442
-_SYS_CAPSET = 126 if os.uname().machine == "x86_64" else 91  # aarch64: 91
 
 AT_FDCWD = -100
 AT_EMPTY_PATH = 0x1000
@@ -196,7 +195,8 @@ def clear_capabilities() -> None:
         _check(-1, "clear ambient capabilities")
     header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this thread
     data = (ctypes.c_uint32 * 6)()  # two empty {effective, permitted, inheritable}
-    _sys(_SYS_CAPSET, "capset", header, data)
+    # glibc's capset, not a raw syscall number: those differ between architectures
+    _check(_libc.capset(header, data), "capset")
 
 
 def set_no_new_privs() -> None:

@@ -383,3 +383,18 @@ def test_outsider_gets_125(switchboard: None) -> None:
     assert r.returncode == 125
     assert r.stderr.count("\n") == 1 and "not a member of group 'sandbox'" in r.stderr, r.stderr
     assert snapshot() == before
+
+
+def test_member_runs_in_its_execute_dir(switchboard: None) -> None:
+    """Without root, --execute-dir works too: the scratch /tmp is the member's own."""
+    xdir = XROOT / MEMBER
+    r = _run_as(MEMBER, "--execute-dir", str(xdir), "--", "sh", "-c", "pwd; echo hi > /tmp/f; stat -c '%U %a' /tmp")
+    try:
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.splitlines()
+        assert lines[0] == str(xdir)
+        assert lines[1] == f"{MEMBER} 700"
+        assert (xdir / ".sandbox-tmp" / "f").read_text() == "hi\n"  # on the scratch disk
+    finally:
+        shutil.rmtree(xdir / ".sandbox-tmp", ignore_errors=True)
+        shutil.rmtree(xdir / ".sandbox-var-tmp", ignore_errors=True)
