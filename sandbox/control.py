@@ -17,7 +17,7 @@ import time
 from typing import Any, NamedTuple
 
 from . import errors, state
-from .cgroups import PREFIX, CgroupError, JobCgroup, detect
+from .cgroups import CgroupError, JobCgroup, detect
 from .cgroups.base import kill_pids
 from .spec import check_name
 
@@ -60,18 +60,15 @@ def may_control(data: dict[str, Any]) -> bool:
 def _restore(name: str, data: dict[str, Any]) -> JobCgroup:
     from .gc import _restore as restore_cgroup  # the one place that rebuilds a JobCgroup from state
 
-    paths = data.get("cgroup_paths")
-    # The state names the cgroup directories; accept only ours for this name, so that a
-    # doctored state file cannot point a kill at some other cgroup.
-    if not isinstance(paths, dict) or not paths or any(
-        os.path.basename(str(p)) != PREFIX + name for p in paths.values()
-    ):
-        raise _fail(f"sandbox {name!r}: its state file names no cgroup of its own")
     try:
+        # gc._restore accepts only sandbox directories of this very name, so that a
+        # doctored state file cannot point a kill at some other cgroup.
         cg = restore_cgroup({**data, "name": name}, detect())
     except CgroupError as e:
         raise _fail(f"sandbox {name!r}: {e}") from None
-    if cg is None or not cg.exists():
+    if cg is None:
+        raise _fail(f"sandbox {name!r}: its state file names no cgroup of its own")
+    if not cg.exists():
         raise _fail(f"sandbox {name!r} is not running (its cgroup is gone)")
     return cg
 
