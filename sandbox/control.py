@@ -210,7 +210,7 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 def process_info(pid: int, proc: str = "/proc") -> dict[str, Any] | None:
     """One process as `sandbox ps` shows it, or None if it is gone."""
-    from .ns.pid import ns_pid
+    from .procfs import ns_pid
 
     try:
         with open(f"{proc}/{pid}/stat") as f:

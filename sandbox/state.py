@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .ns.pid import process_start_time
+from .procfs import process_start_time
 
 
 def state_dir() -> str:

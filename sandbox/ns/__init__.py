@@ -1,1 +1,2 @@
-"""One module per namespace: mount (the setup plan), pid (PID mapping)."""
+"""One module per namespace: mount (the setup plan), user (the user namespace), net (the network
+namespace)."""

@@ -1,5 +1,6 @@
-"""The PID namespace: mapping between host PIDs and namespace PIDs.
+"""Reading /proc: a process's PIDs in every namespace, and its start time.
 
+Every function takes the /proc root as an argument, so tests point it at a fake tree.
 /proc/<pid>/task/<tid>/children is not available on every kernel; the NSpid line of
 /proc/<pid>/status is (4.1+), and lists the PID in every namespace from the reader's
 down to the process's own.
@@ -21,6 +22,7 @@ def ns_pids(host_pid: int, proc: str = "/proc") -> list[int] | None:
 
 
 def ns_pid(host_pid: int, proc: str = "/proc") -> int | None:
+    """The PID of a process in its own (innermost) PID namespace, or None if it is gone."""
     pids = ns_pids(host_pid, proc)
     return pids[-1] if pids else None
 
