@@ -216,15 +216,6 @@ class JobCgroup(ABC):
     def join_fds(self) -> list[int]:
         return [os.open(p, os.O_WRONLY | os.O_CLOEXEC) for p in self.join_files()]
 
-    def signal_all(self, sig: int) -> None:
-        """Deliver a signal to every process at once: freeze, signal, thaw, so that no
-        process can fork a child that misses it (the freezer makes it atomic)."""
-        self.freeze()
-        try:
-            kill_pids(self.pids(), sig)
-        finally:
-            self.thaw()
-
     def destroy(self, timeout: float = 10.0) -> None:
         """Kill whatever is left and remove the cgroup."""
         if not self.exists():

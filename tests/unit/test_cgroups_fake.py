@@ -543,21 +543,36 @@ def test_v2_kill_reports_survivors(kernel_factory) -> None:  # type: ignore[no-u
     cg.remove_dirs()
 
 
-def test_v2_signal_all_freezes_around_the_signal(kernel_factory, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_v2_send_signal_freezes_around_the_signal(kernel_factory, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """`sandbox signal` (control.send_signal, through the cgroup interface): the job is
+    frozen while it is signalled, so no process forks a child that misses the signal;
+    the sandbox's init is left out; a job that was running is thawed again."""
+    from sandbox import control
+
     k = kernel_factory("v2")
     cg = job_cgroup("sig", None, k.layout())
     cg.create(Limits())
     d = cg.primary_path()
-    Path(d, "cgroup.procs").write_text("3001\n3002\n")
-    Path(d, "cgroup.events").write_text("populated 1\nfrozen 1\n")
+    Path(d, "cgroup.procs").write_text("3000\n3001\n3002\n")
+    Path(d, "cgroup.events").write_text("populated 1\nfrozen 0\n")
+
+    def freeze_now(path: str, text: str) -> None:  # the fake kernel freezes at once
+        Path(path).write_text(text)
+        Path(d, "cgroup.events").write_text(f"populated 1\nfrozen {text}\n")
+
+    monkeypatch.setattr("sandbox.cgroups.v2.write_file", freeze_now)
+    monkeypatch.setattr(control, "find", lambda name: control.Running(name, {"init_host_pid": 3000}, cg))
     sent: list[tuple[list[int], int, str]] = []
-    monkeypatch.setattr(
-        "sandbox.cgroups.base.kill_pids", lambda pids, sig: sent.append((pids, sig, read(d + "/cgroup.freeze")))
-    )
-    cg.signal_all(signal.SIGTERM)
+    monkeypatch.setattr(control, "kill_pids", lambda pids, sig: sent.append((pids, sig, read(d + "/cgroup.freeze"))))
+    assert control.send_signal("sig", signal.SIGTERM) == 2
     assert sent == [([3001, 3002], signal.SIGTERM, "1")]
     assert read(d + "/cgroup.freeze") == "0"
+    # a suspended job stays suspended: signalling it must not resume it
+    freeze_now(d + "/cgroup.freeze", "1")
+    assert control.send_signal("sig", signal.SIGUSR1) == 2
+    assert sent[1] == ([3001, 3002], signal.SIGUSR1, "1") and read(d + "/cgroup.freeze") == "1"
     Path(d, "cgroup.procs").write_text("")
+    Path(d, "cgroup.events").write_text("populated 0\nfrozen 0\n")
     cg.remove_dirs()
 
 
