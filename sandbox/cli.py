@@ -128,7 +128,7 @@ def gc_command(cgroup_parent: str | None) -> None:
         click.echo("nothing to reclaim")
 
 
-# -- live control, accounting, configuration (issue 5): thin wrappers over control.py,
+# -- live control, accounting, configuration: thin wrappers over control.py,
 # accounting.py and config.py, which the Python API (api.py) uses too.
 
 

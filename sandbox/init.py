@@ -41,7 +41,7 @@ class InitConfig(NamedTuple):
     mount_ops: tuple[mountns.SetupOp, ...]
     hostname: str | None
     take_terminal: bool  # the launcher is in the terminal's foreground process group
-    # isolation (issue 3)
+    # isolation: the job's credentials and the capabilities it loses
     creds: tuple[int, int, tuple[int, ...]] | None = None  # uid, gid, groups; None: stay root
     last_cap: int = 40  # /proc/sys/kernel/cap_last_cap, read by the launcher
     net_setup: Callable[[], None] | None = None  # brings up lo in a new network namespace

@@ -25,7 +25,7 @@ def launch(command: tuple[str, ...], opts: dict[str, Any]) -> int:
     if os.geteuid() != 0:
         from .switchboard_client import check_access
 
-        check_access()  # not root: the switchboard helper must be usable (issue 4)
+        check_access()  # not root: the switchboard helper must be usable, or nothing can start
     if spec.report_path:
         directory = os.path.dirname(os.path.abspath(spec.report_path))
         if not os.access(directory, os.W_OK):

@@ -109,7 +109,7 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option(("--stats",), "stats", "Print a usage summary on stderr at the end.", is_flag=True),
     Option(("-v", "--verbose"), "verbose", "Say what happens on stderr, and print the summary.", is_flag=True),
     Option(("--debug",), "debug", "Show tracebacks of internal errors.", is_flag=True),
-    # isolation (issue 3): see README "Isolation model"
+    # isolation (execute dir, binds, hidden paths, credentials): see README "Isolation model"
     Option(("--execute-dir",), "execute_dir",
            "Run the job in DIR with every other entry of DIR's parent hidden; /tmp and /var/tmp "
            "live in DIR (DIR/.sandbox-tmp, DIR/.sandbox-var-tmp).", "DIR"),

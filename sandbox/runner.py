@@ -106,7 +106,7 @@ class Launch:
         try:
             self.fs = _prepare_fs(self.spec)
             ops = mountns.plan(self.spec, self.fs)
-            # Without root the switchboard makes the cgroup (issue 4): see cgroups/delegated.py
+            # Without root the switchboard makes the cgroup: see cgroups/delegated.py
             cg = job_cgroup(self.spec.name, self.spec.cgroup_parent) if os.geteuid() == 0 else _delegated(self.spec)
             # Ours only once created: a name already in use is another launcher's cgroup,
             # which the teardown must never kill (create() cleans up its own partial work).
@@ -428,7 +428,8 @@ class Launch:
 
 
 def _prepare_fs(spec: JobSpec) -> Prepared | None:
-    """Open every path the mounts need, symlink-safely, before the fork (issue 3)."""
+    """Open every path the mounts need, symlink-safely, before the fork: a path
+    looked up again later is where a planted symlink would redirect the mount."""
     if spec.execute_dir is None and not spec.binds and not spec.hide and spec.user is None:
         return None
     from .paths import prepare

@@ -48,7 +48,7 @@ class JobSpec(NamedTuple):
     debug: bool = False
     cwd: str | None = None  # None: the launcher's working directory
     hostname: str | None = None
-    # isolation (issue 3)
+    # isolation: what the job sees of the file system, and who it runs as
     execute_dir: str | None = None
     hide: tuple[str, ...] = ()
     binds: tuple[tuple[str, str, bool], ...] = ()  # (src, dst, read_only), in order

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 MOUNT = "mount"
 MKDIR = "mkdir"
-# Descriptor-based kinds (issue 3): src_fd/dst_fd were opened by the launcher after a
+# Descriptor-based kinds: src_fd/dst_fd were opened by the launcher after a
 # symlink-safe walk (sandbox/paths.py); src/dst only name them in messages.
 BIND = "bind"  # a copy of the tree at src_fd, with `attrs` (MOUNT_ATTR_*), on dst_fd
 EMPTY = "empty"  # an empty read-only tmpfs on dst_fd; with `keep`, a copy of src_fd at dst/keep
@@ -27,7 +27,7 @@ REOPEN = "reopen"  # re-walk dst in the new mount namespace; must be the object 
 
 
 class SetupOp(NamedTuple):
-    kind: str  # MOUNT or MKDIR
+    kind: str  # MOUNT, MKDIR, BIND, EMPTY, SETATTR or REOPEN (above)
     dst: str
     src: str | None = None
     fstype: str | None = None

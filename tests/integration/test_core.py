@@ -1,5 +1,5 @@
 """Core launcher, end to end with the real binary: namespaces, private temporary space,
-mount propagation, exit codes and the report (issue 2).
+mount propagation, exit codes and the report.
 
 Helpers shared by the test_core_*.py files live here too.
 """
@@ -164,7 +164,7 @@ def test_namespaces_are_new() -> None:
     inside = dict(zip(("pid", "mnt", "ipc", "uts", "net"), p.stdout.split(), strict=True))
     for ns in ("pid", "mnt", "ipc", "uts"):
         assert inside[ns] != mine[ns], ns
-    assert inside["net"] == mine["net"]  # network namespaces are not in issue 2
+    assert inside["net"] == mine["net"]  # without --net, the job shares the network namespace
 
 
 # -- private temporary space -------------------------------------------------------

@@ -1,5 +1,5 @@
 """Core launcher and cgroups, end to end: the job is in its cgroup before it runs,
-limits hold, and the figures count every process (issue 2)."""
+limits hold, and the figures count every process."""
 
 from __future__ import annotations
 

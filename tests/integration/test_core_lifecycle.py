@@ -1,6 +1,6 @@
 """Core launcher, end to end: PID 1 (reaping, signal forwarding, the end of the job)
 and the launcher's death (SIGKILL), with `sandbox gc` and the next launch reclaiming
-what it left (issue 2)."""
+what it left."""
 
 from __future__ import annotations
 

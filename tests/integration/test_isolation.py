@@ -1,5 +1,6 @@
-"""Breakout attempts (issue 3). Every job runs as `nobody`; every test asserts that the
-attack failed AND that nothing outside the sandbox changed."""
+"""Breakout attempts against the isolation (execute dir, binds, hidden paths, credentials).
+Every job runs as `nobody`; every test asserts that the attack failed AND that nothing
+outside the sandbox changed."""
 
 from __future__ import annotations
 

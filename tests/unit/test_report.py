@@ -13,7 +13,7 @@ import pytest
 from sandbox import report
 from sandbox.report import REPORT_KEYS, new_report, summary, write_atomic, write_event
 
-# The keys issue 2 promises to starter code; REPORT_KEYS may hold more, never fewer.
+# The keys the README promises to starter code; REPORT_KEYS may hold more, never fewer.
 PROMISED = (
     "version name status exit_code signal wall_seconds cpu_user_seconds cpu_system_seconds memory_peak_bytes "
     "memory_limit_bytes oom_kills io_read_bytes io_write_bytes pids_peak cgroup cgroup_version init_host_pid "
