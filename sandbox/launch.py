@@ -23,7 +23,7 @@ def launch(command: tuple[str, ...], opts: dict[str, Any]) -> int:
     opts = with_site_config(opts)
     spec = build_spec(command, opts)
     if os.geteuid() != 0:
-        from .switchboard_client import check_access
+        from .switchboard.client import check_access
 
         check_access()  # not root: the switchboard helper must be usable, or nothing can start
     if spec.report_path:

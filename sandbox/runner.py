@@ -106,7 +106,7 @@ class Launch:
         try:
             self.fs = _prepare_fs(self.spec)
             ops = mountns.plan(self.spec, self.fs)
-            # Without root the switchboard makes the cgroup: see cgroups/delegated.py
+            # Without root the switchboard makes the cgroup: see switchboard/delegated.py
             cg = job_cgroup(self.spec.name, self.spec.cgroup_parent) if os.geteuid() == 0 else _delegated(self.spec)
             # Ours only once created: a name already in use is another launcher's cgroup,
             # which the teardown must never kill (create() cleans up its own partial work).
@@ -489,7 +489,7 @@ def run(spec: JobSpec, verbose: bool = False) -> int:
 
 def _delegated(spec: JobSpec) -> JobCgroup:
     """The job's cgroup for a launcher without root, made by the switchboard helper."""
-    from .cgroups.delegated import DelegatedCgroup
+    from .switchboard.delegated import DelegatedCgroup
 
     if spec.cgroup_parent is not None:
         raise CgroupError("--cgroup-parent needs root: without it the switchboard's configured parent is used")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import stat
 
-from .errors import EXIT_SANDBOX_FAILED, SandboxError
+from ..errors import EXIT_SANDBOX_FAILED, SandboxError
 
 DEFAULT_WRAPPER = "/usr/local/libexec/sandbox/sandbox-switchboard"
 TIMEOUT = 30.0

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import os
 
+from ..cgroups.base import CgroupError, JobCgroup, Usage
+from ..cgroups.layout import Layout, detect
 from ..limits import Limits
-from .base import CgroupError, JobCgroup, Usage
-from .layout import Layout, detect
 
 
 class DelegatedCgroup(JobCgroup):
@@ -26,8 +26,8 @@ class DelegatedCgroup(JobCgroup):
         return self.inner
 
     def create(self, limits: Limits) -> None:
-        from .. import switchboard_client as sb
-        from . import job_cgroup
+        from ..cgroups import job_cgroup
+        from . import client as sb
 
         agent = sb.Agent(self.name)
         request: dict[str, object] = {
@@ -54,7 +54,7 @@ class DelegatedCgroup(JobCgroup):
         self.version = self.inner.version
 
     def attach(self, pid: int) -> None:
-        from .. import switchboard_client as sb
+        from . import client as sb
 
         assert isinstance(self.agent, sb.Agent)
         try:
@@ -90,7 +90,7 @@ class DelegatedCgroup(JobCgroup):
         return self.inner is not None and self.inner.exists()
 
     def remove_dirs(self) -> None:
-        from .. import switchboard_client as sb
+        from . import client as sb
 
         if not isinstance(self.agent, sb.Agent):
             return

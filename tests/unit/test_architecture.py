@@ -1,0 +1,68 @@
+"""The layering the README's architecture section promises, checked on the source.
+
+Read with ast, not by importing: a lazy import inside a function counts as much as one
+at the top of a module.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parents[2] / "sandbox"
+
+# What sandbox/cgroups may use from the rest of the package: plain data below it.
+CGROUPS_MAY_IMPORT = {"sandbox.limits"}
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PKG.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _imports(path: Path, module: str | None = None) -> set[str]:
+    """Every sandbox module `path` imports, resolved to absolute dotted names."""
+    tree = ast.parse(path.read_text(), str(path))
+    here = (module or _module_name(path)).split(".")
+    package = here if path.name == "__init__.py" else here[:-1]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("sandbox"))
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if not target.startswith("sandbox"):
+                continue
+            if node.module is None:
+                found.update(f"{target}.{a.name}" for a in node.names)
+            else:
+                found.add(target)
+    return found
+
+
+def test_cgroups_imports_nothing_above_itself() -> None:
+    bad = []
+    for path in sorted((PKG / "cgroups").rglob("*.py")):
+        for name in sorted(_imports(path)):
+            if name.startswith("sandbox.cgroups") or name in CGROUPS_MAY_IMPORT:
+                continue
+            bad.append(f"{path.relative_to(PKG.parent)} imports {name}")
+    assert not bad, "\n".join(bad)
+
+
+def test_the_import_reader_sees_relative_and_lazy_imports(tmp_path: Path) -> None:
+    # The check above must be able to fail: lazy relative imports upward are found.
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import os\n\ndef f():\n    from .. import runner\n"
+        "    from ..switchboard import client\n    from .base import X\n"
+    )
+    names = _imports(probe, "sandbox.cgroups.probe")
+    assert names == {"sandbox.runner", "sandbox.switchboard", "sandbox.cgroups.base"}
