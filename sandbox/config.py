@@ -69,22 +69,13 @@ def config_path() -> str:
 
 
 def _builtin_default(key: str) -> Any:
-    root = os.geteuid() == 0
     if key == "kill_grace":
         return 10.0
     if key == "from_slurm":
         return False
-    if key == "accounting_log":
-        if root:
-            return "/var/log/sandbox/accounting.jsonl"
-        home = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-        return os.path.join(home, "sandbox", "accounting.jsonl")
-    if key == "state_dir":
-        if root:
-            return "/run/sandbox"
-        runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}"
-        return os.path.join(runtime, "sandbox")
-    return None
+    from .privilege import current  # state_dir, accounting_log: where depends on the mode
+
+    return current().builtin_default(key)
 
 
 _file_cache: dict[str, tuple[tuple[int, int] | None, dict[str, Any]]] = {}

@@ -19,9 +19,8 @@ from typing import Any, NamedTuple
 from . import errors, state
 from .cgroups import CgroupError, JobCgroup, detect
 from .cgroups.base import kill_pids
+from .privilege import SYSTEM_STATE_DIR
 from .spec import check_name
-
-SYSTEM_STATE_DIR = "/run/sandbox"
 
 
 class Running(NamedTuple):
@@ -53,8 +52,9 @@ def _read(name: str) -> dict[str, Any] | None:
 
 
 def may_control(data: dict[str, Any]) -> bool:
-    uid = os.getuid()
-    return uid == 0 or data.get("uid") == uid
+    from .privilege import current
+
+    return current().may_control(data.get("uid"))
 
 
 def _restore(name: str, data: dict[str, Any]) -> JobCgroup:

@@ -22,10 +22,10 @@ def launch(command: tuple[str, ...], opts: dict[str, Any]) -> int:
 
     opts = with_site_config(opts)
     spec = build_spec(command, opts)
-    if os.geteuid() != 0:
-        from .switchboard.client import check_access
+    from .privilege import current
 
-        check_access()  # not root: the switchboard helper must be usable, or nothing can start
+    privilege = current()
+    privilege.check_usable()  # e.g. without root, the switchboard must be usable
     if spec.report_path:
         directory = os.path.dirname(os.path.abspath(spec.report_path))
         if not os.access(directory, os.W_OK):
@@ -34,7 +34,7 @@ def launch(command: tuple[str, ...], opts: dict[str, Any]) -> int:
         os.set_inheritable(spec.report_fd, False)
     from .runner import run
 
-    return run(spec, verbose=opts["verbose"])
+    return run(spec, privilege, verbose=opts["verbose"])
 
 
 def build_spec(command: tuple[str, ...], opts: dict[str, Any]) -> JobSpec:

@@ -207,9 +207,11 @@ def prepare(
     binds: tuple[tuple[str, str, bool], ...],
     hides: tuple[str, ...],
     owner: tuple[int, int] | None,
+    launcher: tuple[int, int],
 ) -> Prepared:
     """Resolve and open everything; create the scratch directories last, so that a bad
-    path leaves nothing behind. `owner` is the job's (uid, gid), None for root."""
+    path leaves nothing behind. `owner` is the --user job's (uid, gid), None without
+    --user; `launcher` who owns scratch then (privilege.scratch_owner())."""
     opened: list[Resolved] = []
 
     def keep(r: Resolved) -> Resolved:
@@ -245,9 +247,7 @@ def prepare(
                 devnull = keep(resolve("/dev/null", "--hide"))
         scratch: list[tuple[Resolved, str]] = []
         if ex is not None:
-            # Without --user the job runs as the launcher: root, or (through the
-            # switchboard) the unprivileged caller, who can only give files to itself.
-            uid, gid = owner if owner is not None else (os.geteuid(), os.getegid())
+            uid, gid = owner if owner is not None else launcher
             if owner is not None:
                 _own_execute_dir(ex, uid, gid)
             # The job's user alone: /tmp is not shared with anybody inside the sandbox.

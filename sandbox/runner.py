@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import errors, init, report
 from . import syscalls as sc
-from .cgroups import CgroupError, JobCgroup, Usage, job_cgroup
+from .cgroups import CgroupError, JobCgroup, Usage
 from .ns import mount as mountns
 from .spec import JobSpec
 
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from .paths import Prepared
+    from .privilege import Privilege
 
 UNSHARE_FLAGS = sc.CLONE_NEWNS | sc.CLONE_NEWIPC | sc.CLONE_NEWUTS
 
@@ -76,8 +77,9 @@ def _noop_handler(_signum: int, _frame: object) -> None:
 
 
 class Launch:
-    def __init__(self, spec: JobSpec, verbose: bool = False) -> None:
+    def __init__(self, spec: JobSpec, privilege: Privilege, verbose: bool = False) -> None:
         self.spec = spec
+        self.privilege = privilege
         self.verbose = verbose
         self.report = report.new_report(spec.name)
         self.report["argv"] = list(spec.argv)
@@ -104,10 +106,9 @@ class Launch:
         init_status: int | None = None
         usage = Usage()
         try:
-            self.fs = _prepare_fs(self.spec)
+            self.fs = _prepare_fs(self.spec, self.privilege)
             ops = mountns.plan(self.spec, self.fs)
-            # Without root the switchboard makes the cgroup: see switchboard/delegated.py
-            cg = job_cgroup(self.spec.name, self.spec.cgroup_parent) if os.geteuid() == 0 else _delegated(self.spec)
+            cg = self.privilege.job_cgroup(self.spec.name, self.spec.cgroup_parent)
             # Ours only once created: a name already in use is another launcher's cgroup,
             # which the teardown must never kill (create() cleans up its own partial work).
             cg.create(self.spec.limits)
@@ -168,13 +169,7 @@ class Launch:
         signal.pthread_sigmask(signal.SIG_BLOCK, init.FORWARDED)
         # After this, our next child is PID 1 of a new PID namespace. A launcher runs
         # one sandbox, so nothing else of ours is ever forked into it.
-        if os.geteuid() != 0:
-            # Without root: a user namespace of our own gives us the right to make the
-            # others. After this no setuid bit works for us: the switchboard's agent,
-            # forked by cg.create(), talks to it from outside.
-            from .ns import user as userns
-
-            userns.enter()
+        self.privilege.before_pid_namespace()  # without root: the user namespace
         sc.unshare(sc.CLONE_NEWPID)
         pid = os.fork()
         if pid == 0:
@@ -186,17 +181,14 @@ class Launch:
         self.report["init_host_pid"] = pid
         for fd in (*join_fds, err_w, status_w, go_r):
             os.close(fd)
-        if os.geteuid() != 0:
-            # The switchboard moves init into the cgroup (a cgroup v2 move needs write
-            # access to the common ancestor, which is root's) before init may go on.
-            try:
-                self.cg.attach(pid)
-            except BaseException:
-                os.close(go_w)  # init reads EOF and exits
-                os.waitpid(pid, 0)
-                self.init_pid = None
-                raise
-        os.write(go_w, b"g")  # nothing to do between fork and go when we are root
+        try:
+            self.privilege.hand_over(self.cg, pid)
+        except BaseException:
+            os.close(go_w)  # init reads EOF and exits
+            os.waitpid(pid, 0)
+            self.init_pid = None
+            raise
+        os.write(go_w, b"g")
         for sig in init.FORWARDED:
             signal.signal(sig, _noop_handler)
         signal.set_wakeup_fd(wake_w)
@@ -214,17 +206,16 @@ class Launch:
         return init_status
 
     def _bookkeeping(self) -> None:
-        from . import gc, state
+        from . import state
 
         assert self.cg is not None
         try:
-            if os.geteuid() == 0:  # without root, the switchboard agent reclaims its own
-                gc.reclaim_stale(kill_timeout=1.0)  # a stuck one is left for `sandbox gc`
+            self.privilege.reclaim_stale()
         except (OSError, CgroupError) as e:
             _say(f"warning: could not reclaim stale sandboxes: {e}")
         data: dict[str, Any] = {
             "name": self.spec.name,
-            "uid": os.getuid(),
+            "uid": self.privilege.uid,
             **state.launcher_identity(),
             "init_host_pid": self.init_pid,
             "cgroup": self.cg.primary_path(),
@@ -427,7 +418,7 @@ class Launch:
         return int(r["returncode"])
 
 
-def _prepare_fs(spec: JobSpec) -> Prepared | None:
+def _prepare_fs(spec: JobSpec, privilege: Privilege) -> Prepared | None:
     """Open every path the mounts need, symlink-safely, before the fork: a path
     looked up again later is where a planted symlink would redirect the mount."""
     if spec.execute_dir is None and not spec.binds and not spec.hide and spec.user is None:
@@ -435,7 +426,7 @@ def _prepare_fs(spec: JobSpec) -> Prepared | None:
     from .paths import prepare
 
     owner = (spec.user.uid, spec.user.gid) if spec.user is not None else None
-    return prepare(spec.execute_dir, spec.binds, spec.hide, owner)
+    return prepare(spec.execute_dir, spec.binds, spec.hide, owner, privilege.scratch_owner())
 
 
 def _job_cwd(spec: JobSpec, fs: Prepared | None) -> str:
@@ -483,14 +474,6 @@ def _in_foreground() -> bool:
         return False
 
 
-def run(spec: JobSpec, verbose: bool = False) -> int:
-    return Launch(spec, verbose).run()
+def run(spec: JobSpec, privilege: Privilege, verbose: bool = False) -> int:
+    return Launch(spec, privilege, verbose).run()
 
-
-def _delegated(spec: JobSpec) -> JobCgroup:
-    """The job's cgroup for a launcher without root, made by the switchboard helper."""
-    from .switchboard.delegated import DelegatedCgroup
-
-    if spec.cgroup_parent is not None:
-        raise CgroupError("--cgroup-parent needs root: without it the switchboard's configured parent is used")
-    return DelegatedCgroup(spec.name)

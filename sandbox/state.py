@@ -24,10 +24,9 @@ def state_dir() -> str:
     configured = file_setting("state_dir")
     if configured:
         return str(configured)
-    if os.geteuid() == 0:
-        return "/run/sandbox"
-    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}"
-    return os.path.join(runtime, "sandbox")
+    from .privilege import current
+
+    return current().state_dir()
 
 
 def path_for(name: str, directory: str | None = None) -> str:

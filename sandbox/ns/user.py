@@ -19,9 +19,9 @@ def _write(path: str, text: str) -> None:
         os.close(fd)
 
 
-def enter() -> None:
-    """Move this process into a new user namespace with an identity mapping of its ids."""
-    uid, gid = os.geteuid(), os.getegid()
+def enter(uid: int, gid: int) -> None:
+    """Move this process into a new user namespace with an identity mapping of its
+    (effective) ids uid and gid."""
     sc.unshare(sc.CLONE_NEWUSER)
     # setgroups must be denied before an unprivileged gid_map can be written (since
     # 3.19, CVE-2014-8989: else dropping a group could grant access a deny-ACL refused).

@@ -31,7 +31,7 @@ def wrapper_path() -> str:
     return os.environ.get("SANDBOX_SWITCHBOARD") or DEFAULT_WRAPPER
 
 
-def check_access() -> None:
+def check_access(uid: int) -> None:
     """Fail early, with one clear line, when this user cannot use the switchboard."""
     path = wrapper_path()
     try:
@@ -53,7 +53,7 @@ def check_access() -> None:
         try:
             import pwd
 
-            who = f"user {pwd.getpwuid(os.getuid()).pw_name}"
+            who = f"user {pwd.getpwuid(uid).pw_name}"
         except KeyError:
             pass
         raise SandboxError(

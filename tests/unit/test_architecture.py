@@ -66,3 +66,34 @@ def test_the_import_reader_sees_relative_and_lazy_imports(tmp_path: Path) -> Non
     )
     names = _imports(probe, "sandbox.cgroups.probe")
     assert names == {"sandbox.runner", "sandbox.switchboard", "sandbox.cgroups.base"}
+
+
+# The calls that tell a process who it is. Only the privilege strategy may make them:
+# every other module gets the answer from the Privilege it is handed.
+IDENTITY_CALLS = {"getuid", "geteuid", "getgid", "getegid", "getresuid", "getresgid"}
+
+
+def _identity_calls(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in IDENTITY_CALLS:
+            found.append(f"{path.name}:{node.lineno} {node.attr}")
+        elif isinstance(node, ast.ImportFrom) and node.module == "os":
+            found.extend(f"{path.name}:{node.lineno} {a.name}" for a in node.names if a.name in IDENTITY_CALLS)
+    return found
+
+
+def test_exactly_one_module_asks_who_we_are() -> None:
+    askers = {}
+    for path in sorted(PKG.rglob("*.py")):
+        calls = _identity_calls(path)
+        if calls:
+            askers[_module_name(path)] = calls
+    assert list(askers) == ["sandbox.privilege"], askers
+
+
+def test_the_identity_reader_finds_both_spellings(tmp_path: Path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text("import os\nfrom os import getegid\n\nroot = os.geteuid() == 0\n")
+    assert sorted(_identity_calls(probe)) == ["probe.py:2 getegid", "probe.py:4 geteuid"]

@@ -96,6 +96,6 @@ def test_prepare_leaves_nothing_on_a_bad_path(tmp_path: Path) -> None:
     ex.mkdir(parents=True)
     before = len(os.listdir("/proc/self/fd"))
     with pytest.raises(paths.UnsafePath):
-        paths.prepare(str(ex), (("/nonexistent-src", "/mnt", False),), (), None)
+        paths.prepare(str(ex), (("/nonexistent-src", "/mnt", False),), (), None, (os.geteuid(), os.getegid()))
     assert os.listdir(ex) == []  # no scratch directories created
     assert len(os.listdir("/proc/self/fd")) == before  # no descriptor leaked

@@ -1,0 +1,160 @@
+"""The privilege strategy: the one place that asks who we are and decides what follows.
+
+A launcher runs in one of these modes, chosen once when it starts:
+
+- Root: makes the job's cgroup itself (anywhere, --cgroup-parent included), reclaims
+  sandboxes other launchers left behind, keeps state in /run/sandbox.
+- Member of the switchboard's group: the setuid switchboard makes the cgroup under its
+  configured parent and moves init into it; the launcher gets the right to make the
+  other namespaces from a user namespace of its own, entered just before the PID
+  namespace; state and the accounting log live in the user's own directories.
+
+Everything that differs between the modes is a method here, so another mode (a
+rootless one without the switchboard, say) is one more class, not one more `if` in
+every module. Nothing else in sandbox/ reads the uid (tests/unit/test_architecture.py
+checks it).
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from .cgroups import JobCgroup
+
+SYSTEM_STATE_DIR = "/run/sandbox"
+SYSTEM_ACCOUNTING_LOG = "/var/log/sandbox/accounting.jsonl"
+
+
+class Privilege(ABC):
+    name: ClassVar[str]
+
+    def __init__(self, uid: int, euid: int, egid: int) -> None:
+        self.uid = uid  # the real uid: whose sandbox it is, recorded in its state
+        self.euid = euid  # the effective ids: what files we make belong to
+        self.egid = egid
+
+    @abstractmethod
+    def check_usable(self) -> None:
+        """Raise SandboxError, before anything is made, if this mode cannot launch."""
+
+    @abstractmethod
+    def job_cgroup(self, name: str, parent: str | None) -> JobCgroup:
+        """The job's cgroup, not yet created."""
+
+    @abstractmethod
+    def before_pid_namespace(self) -> None:
+        """What the launcher does right before it unshares the PID namespace."""
+
+    @abstractmethod
+    def hand_over(self, cg: JobCgroup, init_pid: int) -> None:
+        """Between init's fork and its go: put init where it must be."""
+
+    @abstractmethod
+    def reclaim_stale(self) -> None:
+        """Reclaim sandboxes whose launcher was SIGKILLed, at each launch."""
+
+    @abstractmethod
+    def state_dir(self) -> str:
+        """The built-in directory of the running sandboxes' state files."""
+
+    @abstractmethod
+    def accounting_log(self) -> str:
+        """The built-in accounting log."""
+
+    def may_control(self, owner_uid: object) -> bool:
+        """May this caller signal, freeze or inspect a sandbox whose state records owner_uid?"""
+        return self.uid in (0, owner_uid)
+
+    def scratch_owner(self) -> tuple[int, int]:
+        """Who owns the job's scratch directories when no --user is given: the job runs
+        as the launcher, root or (through the switchboard) the unprivileged caller, who
+        can only give files to itself."""
+        return self.euid, self.egid
+
+    def builtin_default(self, key: str) -> Any:
+        """The built-in value of a site setting that depends on the mode (None: none)."""
+        if key == "state_dir":
+            return self.state_dir()
+        if key == "accounting_log":
+            return self.accounting_log()
+        return None
+
+
+class Root(Privilege):
+    name = "root"
+
+    def check_usable(self) -> None:
+        pass
+
+    def job_cgroup(self, name: str, parent: str | None) -> JobCgroup:
+        from .cgroups import job_cgroup
+
+        return job_cgroup(name, parent)
+
+    def before_pid_namespace(self) -> None:
+        pass  # root may make every namespace as it is
+
+    def hand_over(self, cg: JobCgroup, init_pid: int) -> None:
+        pass  # init joins the cgroup itself, through the fds it inherits
+
+    def reclaim_stale(self) -> None:
+        from . import gc
+
+        gc.reclaim_stale(kill_timeout=1.0)  # a stuck one is left for `sandbox gc`
+
+    def state_dir(self) -> str:
+        return SYSTEM_STATE_DIR
+
+    def accounting_log(self) -> str:
+        return SYSTEM_ACCOUNTING_LOG
+
+
+class SwitchboardMember(Privilege):
+    name = "member"
+
+    def check_usable(self) -> None:
+        from .switchboard.client import check_access
+
+        check_access(self.uid)  # the switchboard helper must be installed and ours to run
+
+    def job_cgroup(self, name: str, parent: str | None) -> JobCgroup:
+        from .cgroups import CgroupError
+        from .switchboard.delegated import DelegatedCgroup
+
+        if parent is not None:
+            raise CgroupError("--cgroup-parent needs root: without it the switchboard's configured parent is used")
+        return DelegatedCgroup(name)
+
+    def before_pid_namespace(self) -> None:
+        # A user namespace of our own gives us the right to make the others. After this
+        # no setuid bit works for us: the switchboard's agent, forked by cg.create(),
+        # talks to it from outside.
+        from .ns import user as userns
+
+        userns.enter(self.euid, self.egid)
+
+    def hand_over(self, cg: JobCgroup, init_pid: int) -> None:
+        # A cgroup v2 move needs write access to the common ancestor, which is root's:
+        # the switchboard moves init into the cgroup before init may go on.
+        cg.attach(init_pid)
+
+    def reclaim_stale(self) -> None:
+        pass  # the switchboard's agent reclaims this user's own stale sandboxes
+
+    def state_dir(self) -> str:
+        runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{self.uid}"
+        return os.path.join(runtime, "sandbox")
+
+    def accounting_log(self) -> str:
+        home = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+        return os.path.join(home, "sandbox", "accounting.jsonl")
+
+
+def current() -> Privilege:
+    """The mode of this process, from its effective ids."""
+    euid = os.geteuid()
+    mode = Root if euid == 0 else SwitchboardMember
+    return mode(os.getuid(), euid, os.getegid())
