@@ -22,10 +22,52 @@ from collections.abc import Callable
 from typing import NamedTuple, NoReturn
 
 from . import syscalls as sc
+from . import wire
+from .errors import EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, EXIT_SANDBOX_FAILED
 from .ns import mount as mountns
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 WAITED = frozenset((*FORWARDED, signal.SIGCHLD))
+
+
+class Step(NamedTuple):
+    """One pre-exec step of init and how its failure is reported: the exit code comes
+    from the step, never from matching its text."""
+
+    doing: str  # for "cannot <doing>: <reason>"; "{}" is filled in by about()
+    code: int = EXIT_SANDBOX_FAILED
+    code_if_missing: int | None = None  # the code for ENOENT/ENOTDIR, if it differs
+    names_itself: bool = False  # its OSErrors already say what failed (SetupOp.describe)
+
+    def about(self, subject: str) -> Step:
+        return self._replace(doing=self.doing.format(repr(subject)))
+
+    def failure(self, e: BaseException) -> tuple[int, str]:
+        """(exit code, one-line message) for `e` raised during this step."""
+        if not isinstance(e, OSError):  # e.g. a netlink error: still one line
+            return EXIT_SANDBOX_FAILED, f"cannot {self.doing}: {type(e).__name__}: {e}"
+        code = self.code
+        if self.code_if_missing is not None and e.errno in (errno.ENOENT, errno.ENOTDIR):
+            code = self.code_if_missing
+        if self.names_itself:
+            return code, e.strerror or str(e)
+        return code, f"cannot {self.doing}: {e.strerror}"
+
+
+JOIN_CGROUP = Step("join the job's cgroup")
+ARM_PARENT_DEATH = Step("arm the parent-death signal")
+CREATE_NAMESPACES = Step("create namespaces")
+MOUNTS = Step("set up mounts", names_itself=True)
+LOOPBACK = Step("bring up the loopback interface")
+HOSTNAME = Step("set the hostname")
+START_JOB = Step("start the job")
+PREPARE_JOB = Step("prepare the job")
+SWITCH_USER = Step("switch to the job's user")
+CHDIR = Step("change directory to {}")
+EXECUTE = Step("execute {}", code=EXIT_CANNOT_EXECUTE, code_if_missing=EXIT_NOT_FOUND)
+# in the order init runs them: init itself, then the job's process up to its exec
+STEPS = (JOIN_CGROUP, ARM_PARENT_DEATH, CREATE_NAMESPACES, MOUNTS, LOOPBACK, HOSTNAME, START_JOB,
+         PREPARE_JOB, SWITCH_USER, CHDIR, EXECUTE)
 
 
 class InitConfig(NamedTuple):
@@ -34,7 +76,7 @@ class InitConfig(NamedTuple):
     cwd_is_inherited: bool  # the launcher's own: if it has no path in the sandbox, start in /
     join_fds: tuple[int, ...]  # cgroup.procs files to write "0" into
     err_w: int  # close-on-exec error pipe to the launcher
-    status_w: int  # messages to the launcher: J (job ns pid), H (job host pid), X (final status)
+    status_w: int  # status messages to the launcher (wire.py): the job's PIDs, its final status
     go_r: int  # the launcher's go-ahead; EOF means it died
     close_fds: tuple[int, ...]  # launcher-side descriptors init must not keep
     unshare_flags: int
@@ -48,20 +90,21 @@ class InitConfig(NamedTuple):
     fs_fds: tuple[int, ...] = ()  # descriptors the mount plan uses; closed after it
 
 
-def _fail(err_w: int, code: int, message: str) -> NoReturn:
+def _fail(err_w: int, step: Step, e: BaseException) -> NoReturn:
+    code, message = step.failure(e)
     try:
-        os.write(err_w, f"{code} {message}".encode(errors="replace")[:4000])
+        os.write(err_w, wire.encode_error(code, message))
     finally:
         os._exit(code)
 
 
-def _send(fd: int, message: str) -> None:
-    os.write(fd, message.encode())  # < PIPE_BUF: atomic even with two writers
+def _send(fd: int, kind: str, *values: int) -> None:
+    os.write(fd, wire.encode_status(kind, *values))  # < PIPE_BUF: atomic even with two writers
 
 
 def main(cfg: InitConfig) -> NoReturn:
     """Entry point of the forked child; never returns."""
-    step = "join the job's cgroup"
+    step = JOIN_CGROUP
     try:
         for fd in cfg.close_fds:
             os.close(fd)
@@ -73,25 +116,25 @@ def main(cfg: InitConfig) -> NoReturn:
         for fd in cfg.join_fds:
             os.write(fd, b"0")
             os.close(fd)
-        step = "arm the parent-death signal"
+        step = ARM_PARENT_DEATH
         sc.set_parent_death_signal(signal.SIGKILL)
         sc.set_name("sandbox-init")
         # The launcher may have died before the line above (the first cgroup write can
         # block for an RCU grace period): then the signal was never armed. Its end of
         # the go pipe tells: no go byte, or a hang-up behind it, means it is gone.
-        if os.read(cfg.go_r, 1) != b"g":
+        if os.read(cfg.go_r, 1) != wire.GO:
             os._exit(125)
         hangup = select.poll()
         hangup.register(cfg.go_r, select.POLLHUP)
         if hangup.poll(0):
             os._exit(125)
         os.close(cfg.go_r)
-        step = "create namespaces"
+        step = CREATE_NAMESPACES
         sc.unshare(cfg.unshare_flags)
         # procfs resolves /proc/self in its own PID namespace: kept open across the
         # remount below, the host's instance tells the job its host PID.
         host_proc = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        step = "set up mounts"
+        step = MOUNTS
         mountns.execute(list(cfg.mount_ops))
         for fd in cfg.fs_fds:
             os.close(fd)
@@ -99,24 +142,21 @@ def main(cfg: InitConfig) -> NoReturn:
         # into a hidden directory through /proc/1/cwd.
         os.chdir("/")
         if cfg.net_setup is not None:
-            step = "bring up the loopback interface"
+            step = LOOPBACK
             cfg.net_setup()
         if cfg.hostname:
-            step = "set the hostname"
+            step = HOSTNAME
             sc.sethostname(cfg.hostname)
-        step = "start the job"
+        step = START_JOB
         signal.pthread_sigmask(signal.SIG_BLOCK, WAITED)
         job = os.fork()
         if job == 0:
             _exec_job(cfg, host_proc)
-    except OSError as e:
-        # mount errors already name their step (SetupOp.describe)
-        _fail(cfg.err_w, 125, (e.strerror or str(e)) if step == "set up mounts" else f"cannot {step}: {e.strerror}")
-    except BaseException as e:  # e.g. a netlink error: still one line, and never a return into the launcher
-        _fail(cfg.err_w, 125, f"cannot {step}: {type(e).__name__}: {e}")
+    except BaseException as e:  # one line on the error pipe, and never a return into the launcher
+        _fail(cfg.err_w, step, e)
     os.close(cfg.err_w)
     os.close(host_proc)
-    _send(cfg.status_w, f"J {job}\n")
+    _send(cfg.status_w, wire.JOB_NS_PID, job)
     _reap(cfg.status_w, job)
 
 
@@ -137,7 +177,7 @@ def _reap(status_w: int, job: int) -> NoReturn:
             except ChildProcessError:
                 if main_status is not None:
                     rss = _children_maxrss_kb()
-                    _send(status_w, f"X {main_status} {rss}\n")
+                    _send(status_w, wire.FINAL_STATUS, main_status, rss)
                     os._exit(0)
                 break
             if pid == 0:
@@ -157,9 +197,9 @@ def _children_maxrss_kb() -> int:
 
 
 def _exec_job(cfg: InitConfig, host_proc: int) -> NoReturn:
-    step = "prepare the job"
+    step = PREPARE_JOB
     try:
-        _send(cfg.status_w, f"H {os.readlink('self', dir_fd=host_proc)}\n")
+        _send(cfg.status_w, wire.JOB_HOST_PID, int(os.readlink("self", dir_fd=host_proc)))
         os.close(host_proc)
         # Undo what Python did to this process: blocked signals and ignored SIGPIPE /
         # SIGXFSZ survive exec and would change the job's behaviour.
@@ -176,9 +216,9 @@ def _exec_job(cfg: InitConfig, host_proc: int) -> NoReturn:
             if cfg.take_terminal:
                 _take_terminal()
         if cfg.creds is not None:
-            step = "switch to the job's user"
+            step = SWITCH_USER
             _drop_privileges(cfg.creds, cfg.last_cap)
-        step = f"change directory to {cfg.cwd!r}"
+        step = CHDIR.about(cfg.cwd)
         # By path, in the new mount namespace: an inherited directory reference would
         # keep a pathless way into whatever the sandbox covers (the host's /tmp, a hidden
         # execute directory). The launcher's own directory may have no path here (it was
@@ -189,16 +229,10 @@ def _exec_job(cfg: InitConfig, host_proc: int) -> NoReturn:
             if not cfg.cwd_is_inherited:
                 raise
             os.chdir("/")
-        step = f"execute {cfg.argv[0]!r}"
+        step = EXECUTE.about(cfg.argv[0])
         os.execvp(cfg.argv[0], list(cfg.argv))
-    except OSError as e:
-        if step.startswith("execute"):
-            code = 127 if e.errno in (errno.ENOENT, errno.ENOTDIR) else 126
-        else:
-            code = 125
-        _fail(cfg.err_w, code, f"cannot {step}: {e.strerror}")
     except BaseException as e:
-        _fail(cfg.err_w, 125, f"cannot {step}: {type(e).__name__}: {e}")
+        _fail(cfg.err_w, step, e)
     os._exit(125)  # not reached: execvp returns only by raising
 
 

@@ -15,7 +15,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from . import errors, init, report
+from . import errors, init, report, wire
 from . import syscalls as sc
 from .cgroups import CgroupError, JobCgroup, Usage
 from .ns import mount as mountns
@@ -188,7 +188,7 @@ class Launch:
             os.waitpid(pid, 0)
             self.init_pid = None
             raise
-        os.write(go_w, b"g")
+        os.write(go_w, wire.GO)
         for sig in init.FORWARDED:
             signal.signal(sig, _noop_handler)
         signal.set_wakeup_fd(wake_w)
@@ -239,7 +239,7 @@ class Launch:
         for fd in (err_r, status_r, wake_r):
             poller.register(fd, select.POLLIN)
         err_buf = b""
-        status_buf = b""
+        status = wire.StatusReader()
         exec_done = False
         init_gone = False
         deadline = time.monotonic() + spec.timeout if spec.timeout else None
@@ -279,29 +279,23 @@ class Launch:
                     else:
                         poller.unregister(err_r)
                         exec_done = True
-                        if err_buf:
-                            code, _, message = err_buf.decode(errors="replace").partition(" ")
-                            self.exec_error = (int(code) if code.isdigit() else 125, message)
+                        self.exec_error = wire.decode_error(err_buf)
                 elif fd == status_r:
                     if not data:
                         poller.unregister(status_r)
                         init_gone = True
-                    status_buf += data
-                    status_buf = self._messages(status_buf)
+                    self._messages(status.feed(data))
             if exec_done and not self.started and self.exec_error is None and self.job_ns_pid is not None:
                 self._on_started()
 
-    def _messages(self, buf: bytes) -> bytes:
-        *lines, rest = buf.split(b"\n")
-        for line in lines:
-            kind, *values = line.decode().split()
-            if kind == "J":
-                self.job_ns_pid = int(values[0])
-            elif kind == "H":
-                self.job_host_pid = int(values[0])
-            elif kind == "X":
-                self.main_status, self.maxrss_kb = int(values[0]), int(values[1])
-        return rest
+    def _messages(self, messages: list[wire.Status]) -> None:
+        for kind, values in messages:
+            if kind == wire.JOB_NS_PID:
+                self.job_ns_pid = values[0]
+            elif kind == wire.JOB_HOST_PID:
+                self.job_host_pid = values[0]
+            elif kind == wire.FINAL_STATUS:
+                self.main_status, self.maxrss_kb = values
 
     def _forward(self, signum: int) -> None:
         if self.init_pid is not None:
