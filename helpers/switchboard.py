@@ -9,6 +9,14 @@ as `/usr/bin/python3 -I -S -B`. One request per invocation: a JSON object on std
 a JSON reply on stdout, or a refusal: exit 1 (2 for a broken installation) and one
 line on stderr. Every request is logged, granted or refused.
 
+The policy is pure functions over text and data, unit-tested without root and checked
+against the launcher's own cgroup backends (tests/unit/test_switchboard_*.py):
+parse_request (what is asked), parse_hierarchies and parent_paths (where: from the
+mount table, /proc/self/cgroup and the config), job_paths, effective_limits (the
+request within the configured maxima), limit_writes (which limit file gets which
+value), may_call and under_execute_root (who may ask, for which directory). The rest
+applies their answers through directory fds.
+
 Operations (closed set; nothing writes an arbitrary file or runs a command):
   create  {"name", "limits": {"memory", "swap", "pids", "cpus"}, ["execute_dir"]}
           make sandbox-<name> under the configured parent in each hierarchy, set the
@@ -30,6 +38,7 @@ import signal
 import stat
 import sys
 import time
+from collections.abc import Callable, Collection
 
 VERSION = 1
 CONFIG = "/etc/sandbox/switchboard.toml"
@@ -207,6 +216,30 @@ def _cfg_int(cfg: dict[str, object], key: str) -> int | None:
 # -- caller identity and logging -----------------------------------------------------
 
 
+def may_call(
+    cfg: dict[str, object], uid: int, user: str, groups: Collection[int], gid_of: Callable[[str], int | None]
+) -> bool:
+    """Is the caller (uid, user name, every group id it holds) allowed by the config's
+    allowed_users / allowed_groups? Root always is. `gid_of` looks a group name up
+    (None: no such group, which allows nobody)."""
+    if uid == 0:
+        return True
+    users = cfg.get("allowed_users", [])
+    names = cfg.get("allowed_groups", [])
+    if not isinstance(users, list) or not isinstance(names, list):
+        raise Broken("config: allowed_users and allowed_groups must be lists")
+    if user in users:
+        return True
+    return any(gid is not None and gid in groups for gid in map(gid_of, (str(n) for n in names)))
+
+
+def _gid_of(name: str) -> int | None:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        return None
+
+
 class Caller:
     def __init__(self) -> None:
         # From the kernel: the real ids of a setuid process are the invoker's.
@@ -219,21 +252,7 @@ class Caller:
             self.user = str(self.uid)
 
     def allowed(self, cfg: dict[str, object]) -> bool:
-        if self.uid == 0:
-            return True
-        users = cfg.get("allowed_users", [])
-        groups = cfg.get("allowed_groups", [])
-        if not isinstance(users, list) or not isinstance(groups, list):
-            raise Broken("config: allowed_users and allowed_groups must be lists")
-        if self.user in users:
-            return True
-        for name in groups:
-            try:
-                if grp.getgrnam(str(name)).gr_gid in self.groups:
-                    return True
-            except KeyError:
-                continue
-        return False
+        return may_call(cfg, self.uid, self.user, self.groups, _gid_of)
 
 
 class Log:
@@ -299,34 +318,63 @@ def _unescape(field: str) -> str:
     return "".join(out)
 
 
-def hierarchies() -> tuple[str, dict[str, tuple[str, str]]]:
-    """(layout kind, hierarchy key -> (mountpoint, mount root)) from the kernel's mount
-    table. Keys: v1 controller names and 'unified'."""
-    v1: dict[str, tuple[str, str]] = {}
+Hierarchies = dict[str, tuple[str, str]]  # key -> (mountpoint, mount root)
+
+
+def parse_hierarchies(mountinfo: str, proc_cgroup: str) -> tuple[str, Hierarchies]:
+    """(layout kind, hierarchy key -> (mountpoint, mount root)) from the texts of
+    /proc/self/mountinfo and /proc/self/cgroup. Keys: v1 controller names and 'unified'.
+    A hierarchy counts only if this process is in it (listed in /proc/self/cgroup), the
+    rule the launcher's own layout.parse follows; the first mount of each wins."""
+    own_v1: set[str] = set()
+    own_v2 = False
+    for entry in proc_cgroup.splitlines():
+        parts = entry.split(":", 2)
+        if len(parts) != 3:
+            continue
+        if parts[0] == "0" and parts[1] == "":
+            own_v2 = True
+        else:
+            own_v1.update(parts[1].split(","))
+    v1: Hierarchies = {}
     unified = None
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, sep, right = line.partition(" - ")
-            lf, rf = left.split(), right.split()
-            if not sep or len(lf) < 5 or len(rf) < 3:
-                continue
-            where = (_unescape(lf[4]), _unescape(lf[3]))
-            if rf[0] == "cgroup2" and unified is None:
-                unified = where
-            elif rf[0] == "cgroup":
-                for ctrl in set(rf[2].split(",")) & set(V1_WANTED["v1"]):
-                    v1.setdefault(ctrl, where)
+    for line in mountinfo.splitlines():
+        left, sep, right = line.partition(" - ")
+        lf, rf = left.split(), right.split()
+        if not sep or len(lf) < 5 or len(rf) < 3:
+            continue
+        where = (_unescape(lf[4]), _unescape(lf[3]))
+        if rf[0] == "cgroup2" and own_v2 and unified is None:
+            unified = where
+        elif rf[0] == "cgroup":
+            for ctrl in set(rf[2].split(",")) & set(V1_WANTED["v1"]) & own_v1:
+                v1.setdefault(ctrl, where)
     kind = "hybrid" if v1 and unified else "v1" if v1 else "v2" if unified else "none"
     out = {c: v1[c] for c in V1_WANTED.get(kind, ()) if c in v1}
     if unified is not None:
         out["unified"] = unified
+    return kind, out
+
+
+def hierarchies() -> tuple[str, Hierarchies]:
+    """The host's hierarchies, read from the kernel now (never from the caller)."""
+    with open("/proc/self/mountinfo") as f:
+        mountinfo = f.read()
+    with open("/proc/self/cgroup") as f:
+        proc_cgroup = f.read()
+    kind, out = parse_hierarchies(mountinfo, proc_cgroup)
     if not out:
         raise Broken("no cgroup hierarchy is mounted")
     return kind, out
 
 
-def parent_paths(cfg: dict[str, object], layout: dict[str, tuple[str, str]]) -> dict[str, tuple[str, str, str]]:
-    """key -> (mountpoint, parent relative to it, parent's hierarchy path), per hierarchy."""
+Parents = dict[str, tuple[str, str, str]]  # key -> (mountpoint, parent relative to it, hierarchy path)
+
+
+def parent_paths(cfg: dict[str, object], layout: Hierarchies) -> Parents:
+    """key -> (mountpoint, parent relative to it, parent's hierarchy path), per hierarchy:
+    the config's [cgroup] parent, or its [cgroup.parents] entry for that key, which the
+    mount must show (a mount root other than / shows only its own subtree)."""
     section = cfg.get("cgroup", {})
     if not isinstance(section, dict):
         raise Broken("config: [cgroup] must be a table")
@@ -335,7 +383,7 @@ def parent_paths(cfg: dict[str, object], layout: dict[str, tuple[str, str]]) -> 
     overrides = section.get("parents", {})
     if not isinstance(overrides, dict):
         raise Broken("config: [cgroup.parents] must be a table")
-    out = {}
+    out: Parents = {}
     for key, (mountpoint, root) in layout.items():
         path = overrides.get(key, default)
         try:
@@ -347,6 +395,11 @@ def parent_paths(cfg: dict[str, object], layout: dict[str, tuple[str, str]]) -> 
             raise Broken(f"config: cgroup parent {path} is not visible in the mount at {mountpoint}")
         out[key] = (mountpoint, path[len(shown) :].strip("/"), path)
     return out
+
+
+def job_paths(parents: Parents, name: str) -> dict[str, str]:
+    """The directory of sandbox `name` in each hierarchy (what `create` replies)."""
+    return {key: os.path.join(mountpoint, rel, PREFIX + name) for key, (mountpoint, rel, _) in parents.items()}
 
 
 def _is_link(name: str, dir_fd: int) -> bool:
@@ -424,11 +477,20 @@ class Job:
         self.parent_fds: dict[str, int] = {}
 
     def path(self, key: str) -> str:
-        mountpoint, rel, _ = self.parents[key]
-        return os.path.join(mountpoint, rel, self.dirname)
+        return job_paths({key: self.parents[key]}, self.dirname[len(PREFIX) :])[key]
 
     def hierarchy_path(self, key: str) -> str:
         return self.parents[key][2].rstrip("/") + "/" + self.dirname
+
+    def comounted_with(self, key: str) -> str | None:
+        """An earlier hierarchy key whose directory is this key's (controllers mounted
+        together, as cpu,cpuacct often are): that directory is made and removed once."""
+        for other in self.parents:
+            if other == key:
+                return None
+            if self.parents[other][:2] == self.parents[key][:2]:
+                return other
+        return None
 
     def open_parents(self, create: bool = False) -> None:
         for key, (mountpoint, rel, _) in self.parents.items():
@@ -462,6 +524,13 @@ class Job:
         self.parent_fds.clear()
 
 
+def controllers_to_enable(available: str, enabled: Collection[str]) -> list[str]:
+    """The controllers we need that a v2 cgroup offers (its cgroup.controllers text) but
+    has not enabled for its children yet, in V2_CONTROLLERS order."""
+    offered = set(available.split())
+    return [c for c in V2_CONTROLLERS if c in offered and c not in enabled]
+
+
 def _enable_v2_controllers(job: Job) -> set[str]:
     """Make memory/pids/cpu/io available to children of the configured v2 parent: enable
     them in every ancestor's cgroup.subtree_control from the mount root down (adding only)."""
@@ -469,9 +538,8 @@ def _enable_v2_controllers(job: Job) -> set[str]:
     fd = open_dir(mountpoint)
     try:
         for part in [*rel.split("/"), None] if rel else [None]:
-            available = set(read_at(fd, "cgroup.controllers").split())
             enabled = set(read_at(fd, "cgroup.subtree_control").split())
-            missing = [c for c in V2_CONTROLLERS if c in available and c not in enabled]
+            missing = controllers_to_enable(read_at(fd, "cgroup.controllers"), enabled)
             if missing:
                 try:
                     write_at(fd, "cgroup.subtree_control", " ".join("+" + c for c in missing))
@@ -504,7 +572,7 @@ def effective_limits(cfg: dict[str, object], asked: dict[str, int | float | None
     if max_cpus is not None:
         if type(max_cpus) not in (int, float) or max_cpus <= 0:
             raise Broken("config: max_cpus must be a positive number")
-        if out["cpus"] is not None and out["cpus"] > max_cpus:  # type: ignore[operator]
+        if out["cpus"] is not None and out["cpus"] > max_cpus:
             raise Refusal(f"cpus {out['cpus']} is above the maximum {max_cpus}")
         if out["cpus"] is None:
             out["cpus"] = float(max_cpus)
@@ -513,34 +581,61 @@ def effective_limits(cfg: dict[str, object], asked: dict[str, int | float | None
     return out
 
 
-def _set_limits(key: str, fd: int, limits: dict[str, int | float | None], v2_enabled: set[str]) -> None:
-    mem, swap, pids, cpus = limits["memory"], limits["swap"] or 0, limits["pids"], limits["cpus"]
+SWAP_FILES = ("memory.swap.max", "memory.memsw.limit_in_bytes")  # v2, v1
+
+
+def _swap_bound(name: str, value: int, swap: int, present: Collection[str]) -> list[tuple[str, str]]:
+    # The swap files exist only with swap accounting: without it no swap bound can be
+    # set, so a request for swap is refused rather than left silently unbounded.
+    if name in present:
+        return [(name, str(value))]
+    if swap:
+        raise Refusal("swap needs swap accounting, which this kernel lacks")
+    return []
+
+
+def limit_writes(
+    key: str, limits: dict[str, int | float | None], v2_enabled: Collection[str], present: Collection[str]
+) -> list[tuple[str, str]]:
+    """(file, value) for the job's directory in hierarchy `key`, in order: the values the
+    launcher's backends write as root. `present`: which of SWAP_FILES the directory has."""
+    mem, swap, pids, cpus = limits["memory"], int(limits["swap"] or 0), limits["pids"], limits["cpus"]
     quota = None if cpus is None else max(1000, round(cpus * CPU_PERIOD_US))
+    out: list[tuple[str, str]] = []
     if key == "unified":
         if mem is not None and "memory" in v2_enabled:
-            write_at(fd, "memory.max", str(mem))
-            if exists_at(fd, "memory.swap.max"):
-                write_at(fd, "memory.swap.max", str(swap))
+            out += [("memory.max", str(mem)), *_swap_bound("memory.swap.max", swap, swap, present)]
         if pids is not None and "pids" in v2_enabled:
-            write_at(fd, "pids.max", str(pids))
+            out.append(("pids.max", str(pids)))
         if quota is not None and "cpu" in v2_enabled:
-            write_at(fd, "cpu.max", f"{quota} {CPU_PERIOD_US}")
+            out.append(("cpu.max", f"{quota} {CPU_PERIOD_US}"))
     elif key == "memory" and mem is not None:
-        write_at(fd, "memory.limit_in_bytes", str(mem))
-        if exists_at(fd, "memory.memsw.limit_in_bytes"):
-            write_at(fd, "memory.memsw.limit_in_bytes", str(mem + int(swap)))
+        # memsw bounds memory plus swap together
+        memsw = _swap_bound("memory.memsw.limit_in_bytes", int(mem) + swap, swap, present)
+        out += [("memory.limit_in_bytes", str(mem)), *memsw]
     elif key == "pids" and pids is not None:
-        write_at(fd, "pids.max", str(pids))
+        out.append(("pids.max", str(pids)))
     elif key == "cpu" and quota is not None:
-        write_at(fd, "cpu.cfs_period_us", str(CPU_PERIOD_US))
-        write_at(fd, "cpu.cfs_quota_us", str(quota))
+        out += [("cpu.cfs_period_us", str(CPU_PERIOD_US)), ("cpu.cfs_quota_us", str(quota))]
+    return out
+
+
+def _set_limits(key: str, fd: int, limits: dict[str, int | float | None], v2_enabled: set[str]) -> None:
+    present = [name for name in SWAP_FILES if exists_at(fd, name)]
+    for name, value in limit_writes(key, limits, v2_enabled, present):
+        write_at(fd, name, value)
+
+
+def under_execute_root(roots: Collection[object], path: str) -> bool:
+    """Is the (normalized) `path` one of the config's execute_roots or below one?"""
+    return any(path == r or path.startswith(str(r).rstrip("/") + "/") for r in roots)
 
 
 def check_execute_dir(cfg: dict[str, object], caller: Caller, path: str) -> list[int]:
     roots = cfg.get("execute_roots", [])
     if not isinstance(roots, list):
         raise Broken("config: execute_roots must be a list")
-    if not any(path == r or path.startswith(str(r).rstrip("/") + "/") for r in roots):
+    if not under_execute_root(roots, path):
         raise Refusal(f"execute_dir {path} is not under an allowed execute root")
     fd = open_dir(path)
     try:
@@ -566,6 +661,10 @@ def op_create(cfg: dict[str, object], caller: Caller, req: dict[str, object]) ->
             if job.kind == "v2" and limits[lim] is not None and ctrl not in v2_enabled:
                 raise Refusal(f"the {ctrl} controller is not available in the v2 parent")
         for key, pfd in job.parent_fds.items():
+            first = job.comounted_with(key)
+            if first is not None:  # e.g. cpu,cpuacct mounted together: one directory
+                job.fds[key] = os.dup(job.fds[first])
+                continue
             try:
                 os.mkdir(job.dirname, 0o755, dir_fd=pfd)
             except FileExistsError:
@@ -719,7 +818,7 @@ def op_destroy(cfg: dict[str, object], caller: Caller, req: dict[str, object]) -
         for key, fd in job.fds.items():
             _kill_v1(fd, key, job.hierarchy_path(key), job.fds.get("freezer") if key != "unified" else None, deadline)
         for key, pfd in job.parent_fds.items():
-            if key in job.fds:
+            if key in job.fds and job.comounted_with(key) is None:
                 _rmdir_tree(pfd, job.dirname)
     except OSError as e:
         raise Refusal(f"cannot destroy {req['name']}: {e.strerror}") from None

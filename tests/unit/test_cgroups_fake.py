@@ -149,15 +149,21 @@ class FakeKernel:
             else:
                 (path / name).write_text(content)
 
+    @staticmethod
+    def _resolve(path: object, dir_fd: int | None) -> Path:
+        # the switchboard makes and removes directories relative to directory fds
+        p = Path(os.fsdecode(path))  # type: ignore[arg-type]
+        return p if dir_fd is None else Path(os.readlink(f"/proc/self/fd/{dir_fd}")) / p
+
     def mkdir(self, path: object, mode: int = 0o777, *, dir_fd: int | None = None) -> None:
         self.real_mkdir(path, mode, dir_fd=dir_fd)  # type: ignore[arg-type]
-        p = Path(os.fsdecode(path))  # type: ignore[arg-type]
-        if dir_fd is None and self._hierarchy(p) is not None:
+        p = self._resolve(path, dir_fd)
+        if self._hierarchy(p) is not None:
             self._populate(p)
 
     def rmdir(self, path: object, *, dir_fd: int | None = None) -> None:
-        p = Path(os.fsdecode(path))  # type: ignore[arg-type]
-        if dir_fd is not None or self._hierarchy(p) is None:
+        p = self._resolve(path, dir_fd)
+        if self._hierarchy(p) is None:
             self.real_rmdir(path, dir_fd=dir_fd)  # type: ignore[arg-type]
             return
         if p in self.v1_mounts.values() or p == self.v2_mount:

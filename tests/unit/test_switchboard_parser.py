@@ -3,27 +3,13 @@ nothing else (a crash of trusted code is a bug, and could leave work half-done).
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-HELPER = Path(__file__).resolve().parents[2] / "helpers" / "switchboard.py"
-
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("switchboard_helper", HELPER)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-sb = _load()
+from .switchboard_module import sb
 
 
 def req(**fields: object) -> bytes:

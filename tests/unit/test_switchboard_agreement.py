@@ -1,0 +1,166 @@
+"""The switchboard and the launcher's own cgroup backends agree.
+
+The switchboard (helpers/switchboard.py) is self-contained on purpose: it runs as root
+and imports nothing from the user-writable `sandbox` package. So it carries its own
+layout detection, directory naming and limit writing, and the launcher, when not root,
+takes over the directories it made through the same backends it uses as root. Here
+both run on the same fake cgroupfs (the fake kernel of test_cgroups_fake.py), built
+from the same mountinfo and /proc/self/cgroup texts, and must choose the same
+hierarchies, directories, names, controllers and limit values, and leave the same
+tree behind; the launcher's backend rebuilt from the switchboard's reply (as
+DelegatedCgroup does) must find exactly those directories.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sandbox.cgroups import PREFIX, CgroupError, job_cgroup
+from sandbox.cgroups import layout as layout_mod
+from sandbox.cgroups.v2 import V2Cgroup
+from sandbox.limits import Limits
+from sandbox.spec import check_name
+
+from .switchboard_module import sb
+from .test_cgroups_fake import FakeKernel, cgroupfs_write, kernel_factory  # noqa: F401 (the fixture)
+
+PARENT = "/batch/slot1"  # exists in every hierarchy of the fake kernel
+KERNELS = [("v1", {}), ("v1", {"comount_cpu": True}), ("v2", {}), ("hybrid", {})]
+LIMITS = [
+    Limits(),
+    Limits(memory_bytes=256 << 20),
+    Limits(memory_bytes=256 << 20, swap_bytes=64 << 20, pids=100, cpus=0.5),
+    Limits(pids=7, cpus=2.25),
+]
+
+
+def _request(name: str, limits: Limits) -> dict[str, Any]:
+    """What the unprivileged launcher asks for (DelegatedCgroup.create), through the
+    switchboard's own parser, as the installed helper receives it."""
+    raw = {
+        "version": 1, "op": "create", "name": name,
+        "limits": {
+            "memory": limits.memory_bytes,
+            "swap": limits.swap_limit_bytes() if limits.memory_bytes is not None else None,
+            "pids": limits.pids,
+            "cpus": limits.cpus,
+        },
+    }
+    return dict(sb.parse_request(json.dumps(raw).encode()))
+
+
+def _tree(k: FakeKernel) -> dict[str, str | None]:
+    return {os.path.relpath(p, k.root): v for p, v in k.snapshot(set()).items()}
+
+
+@pytest.fixture
+def two_kernels(kernel_factory, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]  # noqa: F811
+    """make(kind) -> (kernel for the package, kernel for the switchboard), alike."""
+
+    def make(kind: str, **kw: bool) -> tuple[FakeKernel, FakeKernel]:
+        mine, theirs = kernel_factory(kind, **kw), kernel_factory(kind, **kw)
+        # a cgroupfs write replaces the value (the fixture does the same for the package)
+        monkeypatch.setattr(sb, "write_at", lambda fd, name, value: cgroupfs_write(f"/proc/self/fd/{fd}/{name}", value))
+        monkeypatch.setattr(sb, "hierarchies", lambda: sb.parse_hierarchies(theirs.mountinfo, theirs.proc_cgroup))
+        return mine, theirs
+
+    return make
+
+
+@pytest.mark.parametrize(("kind", "kw"), KERNELS)
+def test_same_hierarchies(kind: str, kw: dict[str, bool]) -> None:
+    k = FakeKernel(Path("/fake"), kind, **kw)
+    layout = layout_mod.parse(k.mountinfo, k.proc_cgroup)
+    sb_kind, hier = sb.parse_hierarchies(k.mountinfo, k.proc_cgroup)
+    assert sb_kind == layout.kind
+    mine = {c: (h.mountpoint, h.mount_root) for c, h in layout.v1.items()}
+    if layout.unified is not None:
+        mine["unified"] = (layout.unified.mountpoint, layout.unified.mount_root)
+    # the switchboard leaves out exactly the v1 controllers the backend of this layout does not use
+    used = set(job_cgroup("x", PARENT, layout).paths())
+    assert hier == {key: where for key, where in mine.items() if key in used}
+
+
+def test_same_controllers_and_prefix() -> None:
+    assert sb.PREFIX == PREFIX
+    assert set(sb.V1_WANTED["v1"]) == set(layout_mod.V1_CONTROLLERS)
+    assert sb.V2_CONTROLLERS == V2Cgroup.CONTROLLERS
+    assert sb.CPU_PERIOD_US == 100_000 == __import__("sandbox.limits").limits.CPU_PERIOD_US
+
+
+@given(st.text(alphabet="ab.-_/\0 Z9é", max_size=70))
+def test_same_names(name: str) -> None:
+    try:
+        check_name(name)
+        ours = True
+    except ValueError:
+        ours = False
+    try:
+        sb.check_name(name)
+        theirs = True
+    except sb.Refusal:
+        theirs = False
+    assert ours == theirs, name
+
+
+@pytest.mark.parametrize("limits", LIMITS, ids=lambda lim: ",".join(f"{k}={v}" for k, v in lim._asdict().items() if v))
+@pytest.mark.parametrize(("kind", "kw"), KERNELS)
+def test_same_directories_limits_and_tree(two_kernels, kind: str, kw: dict[str, bool], limits: Limits) -> None:  # type: ignore[no-untyped-def]
+    mine, theirs = two_kernels(kind, **kw)
+    before = _tree(theirs)
+    assert _tree(mine) == before
+    # the package, as root
+    cg = job_cgroup("agree", PARENT, mine.layout())
+    cg.create(limits)
+    # the switchboard, for a caller, with no maxima configured (the request as asked)
+    cfg = {"cgroup": {"parent": PARENT}}
+    reply = sb.op_create(cfg, sb.Caller(), _request("agree", limits))
+    assert reply["layout"] == cg.version
+    assert reply["limits"] == _request("agree", limits)["limits"]
+    # same directories, hierarchy by hierarchy (relative to each kernel's root)
+    assert {key: os.path.relpath(p, theirs.root) for key, p in reply["paths"].items()} == {
+        key: os.path.relpath(p, mine.root) for key, p in cg.paths().items()
+    }
+    # the same files with the same values: limits, controllers enabled on the way, nothing else
+    assert _tree(theirs) == _tree(mine)
+    # the launcher's backend rebuilt from the reply, as DelegatedCgroup does, finds them
+    rebuilt = job_cgroup("agree", None, theirs.layout(),
+                         parent_dirs={k: os.path.dirname(str(v)) for k, v in reply["paths"].items()})
+    assert rebuilt.paths() == reply["paths"] and rebuilt.version == cg.version
+    # and both remove all of it; what stays is the controllers enabled in the v2 parent
+    # (both only ever add to cgroup.subtree_control, never take away)
+    cg.destroy(timeout=0.1)
+    sb.op_destroy(cfg, sb.Caller(), {"op": "destroy", "name": "agree"})
+    after = _tree(theirs)
+    assert _tree(mine) == after
+    assert set(after) == set(before)
+    assert {p: v for p, v in after.items() if v != before[p]} == (
+        {"unified/batch/slot1/cgroup.subtree_control": "+memory +pids +cpu +io"} if kind == "v2" else {}
+    )
+
+
+@pytest.mark.parametrize("kind", ["v1", "v2"])
+def test_both_refuse_swap_without_swap_accounting(two_kernels, kind: str) -> None:  # type: ignore[no-untyped-def]
+    kw = {"memsw": False} if kind == "v1" else {}
+    mine, theirs = two_kernels(kind, **kw)
+    if kind == "v2":
+        for k in (mine, theirs):
+            k.omit_files.add("memory.swap.max")
+    before = _tree(theirs)
+    limits = Limits(memory_bytes=64 << 20, swap_bytes=1 << 20)
+    with pytest.raises(CgroupError, match="swap"):
+        job_cgroup("noswap", PARENT, mine.layout()).create(limits)
+    with pytest.raises(sb.Refusal, match="swap"):
+        sb.op_create({"cgroup": {"parent": PARENT}}, sb.Caller(), _request("noswap", limits))
+    # nothing half-done on either side (the v2 parent's enabled controllers are the one
+    # change both make before they find out, and make alike)
+    assert _tree(mine) == _tree(theirs)
+    assert {p for p in _tree(theirs) if "sandbox-" in p} == set()
+    assert set(_tree(theirs)) == set(before)
