@@ -4,6 +4,8 @@ the configured maxima, and which limit file gets which value), and who may ask."
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from .switchboard_module import sb
@@ -194,3 +196,20 @@ def test_execute_roots() -> None:
     assert not sb.under_execute_root(roots, "/homework")  # a prefix of the name is not a parent
     assert not sb.under_execute_root(roots, "/var/lib/condor")
     assert not sb.under_execute_root([], "/home/alice")
+
+
+def test_log_is_one_appended_line_per_entry(tmp_path: Path) -> None:
+    path = tmp_path / "sb.log"
+    log = sb.Log({"log_file": str(path)})
+    assert not log.syslog  # a configured file wins over syslog
+    log.write("first")
+    log.write("second")
+    lines = path.read_text().splitlines()
+    assert [line.split("] ", 1)[1] for line in lines] == ["first", "second"]
+    assert path.stat().st_mode & 0o777 == 0o600
+    # a symlink planted at the log path is not followed
+    path.unlink()
+    path.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(OSError):
+        log.write("third")
+    assert not (tmp_path / "elsewhere").exists()
