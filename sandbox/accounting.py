@@ -20,17 +20,18 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 from . import errors
-from .report import dumps
+from .records import Report, dumps
 
 NO_LABEL = None  # the group of records that lack the --by label
 
 
-def append(path: str, report: dict[str, Any]) -> None:
-    line = (dumps(report) + "\n").encode()
+def append(path: str, report: Report | Mapping[str, Any]) -> None:
+    """One record: a Report (the launcher's), or a report's keys as a mapping."""
+    line = ((report.to_json() if isinstance(report, Report) else dumps(report)) + "\n").encode()
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
     try:
         fd = os.open(path, flags, 0o640)

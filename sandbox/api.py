@@ -22,7 +22,6 @@ validated here with the same converters before anything runs.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import select
@@ -32,12 +31,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import IO, Any
 
 from . import control, errors
 from .options import RUN_OPTIONS, Option
+from .records import LiveUsage, Report
 
 __all__ = ["LiveUsage", "PidMap", "Report", "Sandbox", "SandboxRunError", "StartError", "run", "start"]
 
@@ -55,101 +55,6 @@ class StartError(SandboxRunError):
     def __init__(self, report: Report) -> None:
         super().__init__(f"sandbox {report.name!r} failed to start: {report.error}", report.returncode)
         self.report = report
-
-
-@dataclass(frozen=True)
-class Report:
-    """The final report (README "Report"): the same keys, typed."""
-
-    version: int
-    name: str
-    status: str
-    exit_code: int | None
-    signal: int | None
-    returncode: int
-    wall_seconds: float | None
-    cpu_user_seconds: float | None
-    cpu_system_seconds: float | None
-    memory_peak_bytes: int | None
-    memory_limit_bytes: int | None
-    oom_kills: int | None
-    io_read_bytes: int | None
-    io_write_bytes: int | None
-    pids_peak: int | None
-    cgroup: str | None
-    cgroup_version: str | None
-    init_host_pid: int | None
-    job_host_pid: int | None
-    job_ns_pid: int | None
-    started_at: float | None
-    ended_at: float | None
-    argv: tuple[str, ...]
-    error: str | None
-    labels: Mapping[str, str] = field(default_factory=dict)
-    extra: Mapping[str, Any] = field(default_factory=dict)  # keys beyond these (memory_peak_source, ...)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Report:
-        report: Report = _from_dict(cls, data)
-        return report
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
-        out["argv"] = list(self.argv)
-        out["labels"] = dict(self.labels)
-        out.update(self.extra)
-        return out
-
-    @property
-    def cpu_seconds(self) -> float | None:
-        if self.cpu_user_seconds is None or self.cpu_system_seconds is None:
-            return None
-        return self.cpu_user_seconds + self.cpu_system_seconds
-
-
-@dataclass(frozen=True)
-class LiveUsage:
-    """`sandbox usage NAME`, typed: the report's keys measured now, and the current
-    memory and process count."""
-
-    name: str
-    state: str  # "running" or "suspended"
-    wall_seconds: float | None
-    cpu_user_seconds: float | None
-    cpu_system_seconds: float | None
-    memory_current_bytes: int | None
-    memory_peak_bytes: int | None
-    memory_limit_bytes: int | None
-    oom_kills: int | None
-    io_read_bytes: int | None
-    io_write_bytes: int | None
-    pids_current: int | None
-    pids_peak: int | None
-    cgroup: str | None
-    cgroup_version: str | None
-    init_host_pid: int | None
-    job_host_pid: int | None
-    job_ns_pid: int | None
-    started_at: float | None
-    sampled_at: float
-    argv: tuple[str, ...] = ()
-    labels: Mapping[str, str] = field(default_factory=dict)
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-    @property
-    def cpu_seconds(self) -> float | None:
-        if self.cpu_user_seconds is None or self.cpu_system_seconds is None:
-            return None
-        return self.cpu_user_seconds + self.cpu_system_seconds
-
-
-def _from_dict(cls: Any, data: Mapping[str, Any]) -> Any:
-    names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-    kwargs = {k: data.get(k) for k in names}
-    kwargs["argv"] = tuple(data.get("argv") or ())
-    kwargs["labels"] = dict(data.get("labels") or {})
-    kwargs["extra"] = {k: v for k, v in data.items() if k not in names and k != "event"}
-    return cls(**kwargs)
 
 
 @dataclass(frozen=True)
@@ -223,8 +128,7 @@ class Sandbox:
 
     # live control: the same functions as the `sandbox` commands
     def usage(self) -> LiveUsage:
-        data = control.usage(self.name)
-        return _from_dict(LiveUsage, data)  # type: ignore[no-any-return]
+        return control.usage(self.name)
 
     def processes(self) -> list[dict[str, Any]]:
         """The job's processes as `sandbox ps --json` lists them."""

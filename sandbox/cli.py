@@ -172,7 +172,7 @@ def usage_command(name: str) -> None:
     """Live usage of NAME as JSON, under the report's keys."""
     from . import control
 
-    _json_out(control.usage(name))
+    _json_out(control.usage(name).to_dict())
 
 
 @sandbox_group.command("kill")

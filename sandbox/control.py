@@ -20,12 +20,13 @@ from . import errors, state
 from .cgroups import CgroupError, JobCgroup, detect
 from .cgroups.base import kill_pids
 from .privilege import SYSTEM_STATE_DIR
+from .records import LiveUsage, RecordError, State
 from .spec import check_name
 
 
 class Running(NamedTuple):
     name: str
-    data: dict[str, Any]  # the state file
+    state: State  # its state file, validated
     cg: JobCgroup
 
 
@@ -57,20 +58,17 @@ def may_control(data: dict[str, Any]) -> bool:
     return current().may_control(data.get("uid"))
 
 
-def _restore(name: str, data: dict[str, Any]) -> JobCgroup:
-    from .gc import _restore as restore_cgroup  # the one place that rebuilds a JobCgroup from state
-
+def _restore(name: str, data: dict[str, Any]) -> tuple[State, JobCgroup]:
     try:
-        # gc._restore accepts only sandbox directories of this very name, so that a
-        # doctored state file cannot point a kill at some other cgroup.
-        cg = restore_cgroup({**data, "name": name}, detect())
-    except CgroupError as e:
+        # State accepts only sandbox directories of this very name, so that a doctored
+        # state file cannot point a kill at some other cgroup.
+        record = State.from_dict(data, name)
+        cg = record.job_cgroup(detect())
+    except (RecordError, CgroupError) as e:
         raise _fail(f"sandbox {name!r}: {e}") from None
-    if cg is None:
-        raise _fail(f"sandbox {name!r}: its state file names no cgroup of its own")
     if not cg.exists():
         raise _fail(f"sandbox {name!r} is not running (its cgroup is gone)")
-    return cg
+    return record, cg
 
 
 def find(name: str) -> Running:
@@ -87,7 +85,7 @@ def find(name: str) -> Running:
         raise _fail(f"sandbox {name!r} belongs to another user (uid {data.get('uid')})")
     if not state.launcher_alive(data):
         raise _fail(f"sandbox {name!r} is not running (its launcher is gone; `sandbox gc` reclaims it)")
-    return Running(name, data, _restore(name, data))
+    return Running(name, *_restore(name, data))
 
 
 def visible() -> list[tuple[str, dict[str, Any]]]:
@@ -125,7 +123,7 @@ def send_signal(name: str, sig: int) -> int:
     supervisor, not the job, and it would forward a TERM to the job a second time.
     Returns how many processes were signalled."""
     r = find(name)
-    init_pid = r.data.get("init_host_pid")
+    init_pid = r.state.init_host_pid
     was_frozen = r.cg.is_frozen()
     try:
         r.cg.freeze()
@@ -168,38 +166,13 @@ def run_state(cg: JobCgroup) -> str:
     return "suspended" if cg.is_frozen() else "running"
 
 
-def usage(name: str) -> dict[str, Any]:
+def usage(name: str) -> LiveUsage:
     """Live figures under the report's keys, plus the current ones (memory_current_bytes,
     pids_current) and the sandbox's state."""
     r = find(name)
     u = r.cg.usage()
-    d = r.data
-    started = d.get("started_at")
-    now = time.time()
-    return {
-        "name": name,
-        "state": run_state(r.cg),
-        "wall_seconds": round(now - started, 6) if isinstance(started, (int, float)) else None,
-        "cpu_user_seconds": u.cpu_user_seconds,
-        "cpu_system_seconds": u.cpu_system_seconds,
-        "memory_current_bytes": u.memory_current_bytes,
-        "memory_peak_bytes": u.memory_peak_bytes,
-        "memory_limit_bytes": u.memory_limit_bytes,
-        "oom_kills": u.oom_kills,
-        "io_read_bytes": u.io_read_bytes,
-        "io_write_bytes": u.io_write_bytes,
-        "pids_current": u.pids_current if u.pids_current is not None else len(r.cg.pids()),
-        "pids_peak": u.pids_peak,
-        "cgroup": d.get("cgroup"),
-        "cgroup_version": d.get("cgroup_version"),
-        "init_host_pid": d.get("init_host_pid"),
-        "job_host_pid": d.get("job_host_pid"),
-        "job_ns_pid": d.get("job_ns_pid"),
-        "started_at": started,
-        "sampled_at": now,
-        "argv": d.get("argv"),
-        "labels": d.get("labels") or {},
-    }
+    pids = u.pids_current if u.pids_current is not None else len(r.cg.pids())
+    return LiveUsage.sample(r.state, u, run_state(r.cg), pids, time.time())
 
 
 # -- ps ----------------------------------------------------------------------------------
@@ -282,9 +255,9 @@ def ps(name: str | None = None) -> list[dict[str, Any]]:
         {
             "name": r.name,
             "state": run_state(r.cg),
-            "labels": r.data.get("labels") or {},
-            "cgroup": r.data.get("cgroup"),
-            "started_at": r.data.get("started_at"),
+            "labels": dict(r.state.labels),
+            "cgroup": r.state.cgroup,
+            "started_at": r.state.started_at,
             "processes": tree(r.cg.pids()),
         }
         for r in targets

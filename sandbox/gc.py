@@ -11,29 +11,13 @@ import os
 import time
 
 from . import state
-from .cgroups import PREFIX, CgroupError, JobCgroup, detect, job_cgroup
+from .cgroups import PREFIX, CgroupError, detect, job_cgroup
 from .cgroups.layout import Layout
-from .spec import check_name
+from .records import RecordError, State
 
 # A cgroup without a state file may belong to a launcher that has just created it and
 # not yet written its state: leave those alone for this long.
 ORPHAN_MIN_AGE = 60.0
-
-
-def _restore(data: dict[str, object], layout: Layout) -> JobCgroup | None:
-    name = data.get("name")
-    paths = data.get("cgroup_paths")
-    if not isinstance(name, str) or not isinstance(paths, dict):
-        return None
-    # A state file names the directories to kill: accept only sandbox directories of
-    # this very name, so that a doctored or corrupt file cannot aim gc at another cgroup.
-    try:
-        check_name(name)
-    except ValueError:
-        return None
-    if not paths or any(os.path.basename(str(p)) != PREFIX + name for p in paths.values()):
-        return None
-    return job_cgroup(name, None, layout, parent_dirs={k: os.path.dirname(str(v)) for k, v in paths.items()})
 
 
 def reclaim_stale(
@@ -56,9 +40,14 @@ def reclaim_stale(
         except FileNotFoundError:
             continue
         try:
-            cg = _restore({**data, "name": name}, layout)
-            if cg is not None:
-                cg.destroy(kill_timeout)
+            # State.from_dict accepts only sandbox directories of this very name: a
+            # doctored or corrupt state file is dropped, never followed to another cgroup.
+            try:
+                record = State.from_dict(data, name)
+            except RecordError:
+                record = None
+            if record is not None:
+                record.job_cgroup(layout).destroy(kill_timeout)
             reclaimed.append(name)
         except CgroupError:
             os.rename(claimed, src)  # leave it for the next try

@@ -11,41 +11,20 @@ from typing import Any
 
 from .limits import format_bytes
 
-REPORT_VERSION = 1
-
-STATUS_EXITED = "exited"
-STATUS_SIGNALED = "signaled"
-STATUS_OOM = "oom_killed"
-STATUS_TIMED_OUT = "timed_out"
-STATUS_FAILED = "failed_to_start"
-
-REPORT_KEYS = (
-    "version",
-    "name",
-    "status",
-    "exit_code",
-    "signal",
-    "returncode",
-    "wall_seconds",
-    "cpu_user_seconds",
-    "cpu_system_seconds",
-    "memory_peak_bytes",
-    "memory_limit_bytes",
-    "oom_kills",
-    "io_read_bytes",
-    "io_write_bytes",
-    "pids_peak",
-    "cgroup",
-    "cgroup_version",
-    "init_host_pid",
-    "job_host_pid",
-    "job_ns_pid",
-    "started_at",
-    "ended_at",
-    "argv",
-    "error",
-    "labels",
+# the report's keys and values are typed in records.py; these names stay here for the sinks
+from .records import (
+    REPORT_KEYS,
+    REPORT_VERSION,
+    STATUS_EXITED,
+    STATUS_FAILED,
+    STATUS_OOM,
+    STATUS_SIGNALED,
+    STATUS_TIMED_OUT,
+    dumps,
 )
+
+__all__ = ["REPORT_KEYS", "REPORT_VERSION", "STATUS_EXITED", "STATUS_FAILED", "STATUS_OOM", "STATUS_SIGNALED",
+           "STATUS_TIMED_OUT", "dumps", "new_report", "summary", "write_atomic", "write_atomic_text", "write_event"]
 
 
 def new_report(name: str) -> dict[str, Any]:
@@ -53,12 +32,6 @@ def new_report(name: str) -> dict[str, Any]:
     report["version"] = REPORT_VERSION
     report["name"] = name
     return report
-
-
-def dumps(obj: dict[str, Any]) -> str:
-    import json  # deferred: json pulls in `re`; the launcher imports it after the fork
-
-    return json.dumps(obj, sort_keys=False, separators=(",", ":"))
 
 
 def write_atomic(path: str, report: dict[str, Any]) -> None:

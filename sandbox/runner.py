@@ -13,9 +13,9 @@ import select
 import signal
 import sys
 import time
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from . import errors, init, report, wire
+from . import errors, init, records, report, wire
 from . import syscalls as sc
 from .cgroups import CgroupError, JobCgroup, Usage
 from .ns import mount as mountns
@@ -81,12 +81,12 @@ class Launch:
         self.spec = spec
         self.privilege = privilege
         self.verbose = verbose
-        self.report = report.new_report(spec.name)
-        self.report["argv"] = list(spec.argv)
-        self.report["labels"] = dict(spec.labels)
+        self.started_at = 0.0
+        self.wall_seconds: float | None = None
         self.cg: JobCgroup | None = None
         self.fs: Prepared | None = None
-        self.init_pid: int | None = None
+        self.init_pid: int | None = None  # None again if init was never handed over
+        self.init_forked: int | None = None  # the report's init_host_pid: whether or not it ran
         self.job_ns_pid: int | None = None
         self.job_host_pid: int | None = None
         self.main_status: int | None = None
@@ -95,13 +95,12 @@ class Launch:
         self.cleanup_error: str | None = None  # the job's outcome stands; this goes to `error`
         self.timed_out = False
         self.started = False
-        self.state_written = False
+        self.state: records.State | None = None  # as written to the state file
 
     # -- the checklist -------------------------------------------------------------
 
     def run(self) -> int:
-        start_wall = time.time()
-        self.report["started_at"] = start_wall
+        self.started_at = time.time()
         t0 = time.monotonic()
         init_status: int | None = None
         usage = Usage()
@@ -113,8 +112,6 @@ class Launch:
             # which the teardown must never kill (create() cleans up its own partial work).
             cg.create(self.spec.limits)
             self.cg = cg
-            self.report["cgroup"] = self.cg.primary_path()
-            self.report["cgroup_version"] = self.cg.version
             init_status = self._start_and_supervise(ops)
         except errors.SandboxError as e:
             self.exec_error = (e.exit_code, e.message)
@@ -129,7 +126,7 @@ class Launch:
                 raise
             self.exec_error = (errors.EXIT_SANDBOX_FAILED, f"internal error: {type(e).__name__}: {e}")
         finally:
-            self.report["wall_seconds"] = round(time.monotonic() - t0, 6)
+            self.wall_seconds = round(time.monotonic() - t0, 6)
             if self.fs is not None:
                 self.fs.close()
             usage = self._teardown()
@@ -178,7 +175,7 @@ class Launch:
             finally:
                 os._exit(125)  # whatever happens, the child never runs the launcher's code
         self.init_pid = pid
-        self.report["init_host_pid"] = pid
+        self.init_forked = pid
         for fd in (*join_fds, err_w, status_w, go_r):
             os.close(fd)
         try:
@@ -213,21 +210,21 @@ class Launch:
             self.privilege.reclaim_stale()
         except (OSError, CgroupError) as e:
             _say(f"warning: could not reclaim stale sandboxes: {e}")
-        data: dict[str, Any] = {
-            "name": self.spec.name,
-            "uid": self.privilege.uid,
+        record = records.State(
+            name=self.spec.name,
+            uid=self.privilege.uid,
             **state.launcher_identity(),
-            "init_host_pid": self.init_pid,
-            "cgroup": self.cg.primary_path(),
-            "cgroup_version": self.cg.version,
-            "cgroup_paths": self.cg.paths(),
-            "argv": list(self.spec.argv),
-            "started_at": self.report["started_at"],
-            "labels": dict(self.spec.labels),
-        }
+            init_host_pid=self.init_pid,
+            cgroup=self.cg.primary_path(),
+            cgroup_version=self.cg.version,
+            cgroup_paths=self.cg.paths(),
+            argv=self.spec.argv,
+            started_at=self.started_at,
+            labels=dict(self.spec.labels),
+        )
         try:
-            state.write(self.spec.name, data)
-            self.state_written = True
+            state.write(self.spec.name, record)
+            self.state = record
         except OSError as e:
             # The job can run without it; only `sandbox gc` after a SIGKILL and live
             # control need it.
@@ -306,26 +303,24 @@ class Launch:
 
     def _on_started(self) -> None:
         self.started = True
-        self.report["job_ns_pid"] = self.job_ns_pid
-        self.report["job_host_pid"] = self.job_host_pid
+        assert self.cg is not None
         event = {
             "name": self.spec.name,
-            "cgroup": self.report["cgroup"],
-            "cgroup_version": self.report["cgroup_version"],
-            "cgroup_paths": self.cg.paths() if self.cg else None,
+            "cgroup": self.cg.primary_path(),
+            "cgroup_version": self.cg.version,
+            "cgroup_paths": self.cg.paths(),
             "init_host_pid": self.init_pid,
             "job_host_pid": self.job_host_pid,
             "job_ns_pid": self.job_ns_pid,
-            "started_at": self.report["started_at"],
+            "started_at": self.started_at,
         }
-        if self.state_written:
+        if self.state is not None:
             # before the event: a caller that acts on 'started' finds the PIDs in the state
             from . import state
 
-            data = state.read(self.spec.name) or {}
-            data.update(job_host_pid=self.job_host_pid, job_ns_pid=self.job_ns_pid)
+            self.state = self.state._replace(job_host_pid=self.job_host_pid, job_ns_pid=self.job_ns_pid)
             try:
-                state.write(self.spec.name, data)
+                state.write(self.spec.name, self.state)
             except OSError as e:  # the job runs fine without it: a warning, never a kill
                 _say(f"warning: cannot update the sandbox state: {e.strerror}")
         if self.spec.report_fd is not None:
@@ -333,7 +328,7 @@ class Launch:
         if self.verbose:
             _say(
                 f"started '{self.spec.name}': init pid {self.init_pid}, job pid {self.job_host_pid} "
-                f"(pid {self.job_ns_pid} inside), cgroup {self.report['cgroup']}"
+                f"(pid {self.job_ns_pid} inside), cgroup {self.cg.primary_path()}"
             )
 
     # -- the end -------------------------------------------------------------------
@@ -359,33 +354,43 @@ class Launch:
                 self.cleanup_error = f"cannot remove cgroup {cg.primary_path()}: {e}"
         # A cgroup that could not be removed keeps its state file: `sandbox gc` (or the
         # next launch) finds and reclaims it once its launcher is gone.
-        if self.state_written and cleaned:
+        if self.state is not None and cleaned:
             from . import state
 
             state.remove(self.spec.name)
         return usage
 
     def _finish(self, init_status: int | None, usage: Usage) -> int:
-        r = self.report
         outcome = decide(self.main_status, init_status, self.exec_error, self.timed_out, usage.oom_kills)
-        r["status"], r["exit_code"], r["signal"], r["returncode"] = outcome
-        r["ended_at"] = time.time()
-        r["error"] = self.exec_error[1] if self.exec_error else self.cleanup_error
-        r["job_ns_pid"] = self.job_ns_pid
-        r["job_host_pid"] = self.job_host_pid
-        r["cpu_user_seconds"] = usage.cpu_user_seconds
-        r["cpu_system_seconds"] = usage.cpu_system_seconds
-        r["memory_peak_bytes"] = usage.memory_peak_bytes
-        if r["memory_peak_bytes"] is None and self.maxrss_kb:
-            # No cgroup peak on this kernel (memory.peak is 5.19+): the largest single
-            # process's peak RSS, from init's rusage of everything it reaped, is a lower bound.
-            r["memory_peak_bytes"] = self.maxrss_kb * 1024
-            r["memory_peak_source"] = "max_rss_of_largest_process"
-        r["memory_limit_bytes"] = self.spec.limits.memory_bytes
-        r["oom_kills"] = usage.oom_kills
-        r["io_read_bytes"] = usage.io_read_bytes
-        r["io_write_bytes"] = usage.io_write_bytes
-        r["pids_peak"] = usage.pids_peak
+        cg = self.cg
+        record = records.Report(
+            version=records.REPORT_VERSION,
+            name=self.spec.name,
+            status=outcome.status,
+            exit_code=outcome.exit_code,
+            signal=outcome.signal,
+            returncode=outcome.returncode,
+            wall_seconds=self.wall_seconds,
+            cpu_user_seconds=None,
+            cpu_system_seconds=None,
+            memory_peak_bytes=None,
+            memory_limit_bytes=self.spec.limits.memory_bytes,
+            oom_kills=None,
+            io_read_bytes=None,
+            io_write_bytes=None,
+            pids_peak=None,
+            cgroup=cg.primary_path() if cg is not None else None,
+            cgroup_version=cg.version if cg is not None else None,
+            init_host_pid=self.init_forked,
+            job_host_pid=self.job_host_pid,
+            job_ns_pid=self.job_ns_pid,
+            started_at=self.started_at,
+            ended_at=time.time(),
+            argv=self.spec.argv,
+            error=self.exec_error[1] if self.exec_error else self.cleanup_error,
+            labels=dict(self.spec.labels),
+        ).with_usage(usage, self.maxrss_kb)
+        r = record.to_dict()
         if r["error"] is not None:
             _say(r["error"])
         if self.spec.report_path:
@@ -404,12 +409,12 @@ class Launch:
             from .accounting import append
 
             try:
-                append(self.spec.accounting_log, r)
+                append(self.spec.accounting_log, record)
             except OSError as e:
                 _say(f"warning: cannot append to the accounting log {self.spec.accounting_log}: {e.strerror}")
         if self.spec.stats or self.verbose:
             sys.stderr.write(report.summary(r) + "\n")
-        return int(r["returncode"])
+        return record.returncode
 
 
 def _prepare_fs(spec: JobSpec, privilege: Privilege) -> Prepared | None:

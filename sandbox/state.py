@@ -10,9 +10,12 @@ when its sandbox ends.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .procfs import process_start_time
+
+if TYPE_CHECKING:
+    from .records import State
 
 
 def state_dir() -> str:
@@ -33,16 +36,14 @@ def path_for(name: str, directory: str | None = None) -> str:
     return os.path.join(directory or state_dir(), f"{name}.json")
 
 
-def write(name: str, data: dict[str, Any], directory: str | None = None) -> None:
-    import json
-
+def write(name: str, record: State, directory: str | None = None) -> None:
     directory = directory or state_dir()
     os.makedirs(directory, mode=0o755, exist_ok=True)
     final = path_for(name, directory)
     tmp = f"{final}.{os.urandom(6).hex()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     with os.fdopen(fd, "w") as f:
-        json.dump(data, f)
+        f.write(record.to_json())
     os.rename(tmp, final)
 
 
@@ -55,6 +56,19 @@ def read(name: str, directory: str | None = None) -> dict[str, Any] | None:
     except (FileNotFoundError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def load(name: str, directory: str | None = None) -> State | None:
+    """The typed, validated record of sandbox `name`; None if it has none or it is not valid."""
+    from .records import RecordError, State
+
+    data = read(name, directory)
+    if data is None:
+        return None
+    try:
+        return State.from_dict(data, name)
+    except RecordError:
+        return None
 
 
 def remove(name: str, directory: str | None = None) -> None:

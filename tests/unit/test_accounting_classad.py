@@ -15,8 +15,8 @@ from sandbox.report import REPORT_KEYS, new_report
 
 def rec(name, tenant=None, *, wall=1.0, user=1.0, system=0.5, peak=2**20, ended=1000.0, rc=0):
     r = new_report(name)
-    r.update(wall_seconds=wall, cpu_user_seconds=user, cpu_system_seconds=system, memory_peak_bytes=peak,
-             ended_at=ended, returncode=rc, labels={"tenant": tenant} if tenant else {})
+    r.update(status="exited", wall_seconds=wall, cpu_user_seconds=user, cpu_system_seconds=system,
+             memory_peak_bytes=peak, ended_at=ended, returncode=rc, labels={"tenant": tenant} if tenant else {})
     return r
 
 

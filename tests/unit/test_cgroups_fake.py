@@ -554,6 +554,7 @@ def test_v2_send_signal_freezes_around_the_signal(kernel_factory, monkeypatch) -
     frozen while it is signalled, so no process forks a child that misses the signal;
     the sandbox's init is left out; a job that was running is thawed again."""
     from sandbox import control
+    from sandbox.records import State
 
     k = kernel_factory("v2")
     cg = job_cgroup("sig", None, k.layout())
@@ -567,7 +568,8 @@ def test_v2_send_signal_freezes_around_the_signal(kernel_factory, monkeypatch) -
         Path(d, "cgroup.events").write_text(f"populated 1\nfrozen {text}\n")
 
     monkeypatch.setattr("sandbox.cgroups.v2.write_file", freeze_now)
-    monkeypatch.setattr(control, "find", lambda name: control.Running(name, {"init_host_pid": 3000}, cg))
+    record = State("sig", 0, None, None, 3000, d, "v2", cg.paths())
+    monkeypatch.setattr(control, "find", lambda name: control.Running(name, record, cg))
     sent: list[tuple[list[int], int, str]] = []
     monkeypatch.setattr(control, "kill_pids", lambda pids, sig: sent.append((pids, sig, read(d + "/cgroup.freeze"))))
     assert control.send_signal("sig", signal.SIGTERM) == 2
@@ -645,3 +647,18 @@ def test_restore_from_recorded_paths(kernel_factory) -> None:  # type: ignore[no
     again.destroy()
     assert not cg.exists()
     again.destroy()  # already gone: nothing to do
+
+
+def test_state_record_rebuilds_the_sandbox_cgroup(kernel_factory) -> None:  # type: ignore[no-untyped-def]
+    """State.job_cgroup, the public way control and gc rebuild a sandbox's cgroup from
+    its state file: the same directories its launcher made, under any parent."""
+    from sandbox.records import State
+
+    k = kernel_factory("hybrid")
+    cg = job_cgroup("rec2", "/batch/slot1", k.layout())
+    cg.create(Limits())
+    record = State("rec2", 0, None, None, None, cg.primary_path(), cg.version, cg.paths())
+    again = State.from_json(record.to_json()).job_cgroup(k.layout())
+    assert again.paths() == cg.paths() and again.exists()
+    again.destroy()
+    assert not cg.exists()
