@@ -26,8 +26,6 @@ from typing import Any, NamedTuple
 from . import errors
 from .records import Report, dumps
 
-NO_LABEL = None  # the group of records that lack the --by label
-
 
 def append(path: str, report: Report | Mapping[str, Any]) -> None:
     """One record: a Report (the launcher's), or a report's keys as a mapping."""
