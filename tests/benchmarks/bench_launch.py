@@ -3,6 +3,12 @@
 with `unshare` and BenchExec's `runexec` on the same machine in the same run.
 
     .venv/bin/python tests/benchmarks/bench_launch.py [--runs 60] [--sleep 30] [--json out.json]
+                                                      [--compare REV]
+
+--compare REV also times sandbox-run as of git revision REV (e.g. main, HEAD~1) in the
+same hyperfine run, from a checkout under /work/ci/bench-<rev> run with this venv's
+interpreter and packages, and prints the ratio of the medians: the way to show a change
+did not slow the launch down on a shared, noisy machine.
 
 Needs hyperfine (apt) and installs BenchExec into a throw-away venv under
 /var/tmp/sandbox-bench (pip) on first use. Prints a markdown table for the README.
@@ -25,6 +31,8 @@ from pathlib import Path
 BIN = Path(sys.executable).parent
 SANDBOX_RUN = str(BIN / "sandbox-run")
 BENCH_VENV = Path("/var/tmp/sandbox-bench/venv")
+ROOT = Path(__file__).resolve().parents[2]
+LABEL = "sandbox-run (cgroup + pid/mount/ipc/uts ns + private tmp + report)"
 
 
 def ensure_tools() -> str | None:
@@ -37,6 +45,25 @@ def ensure_tools() -> str | None:
         if r.returncode != 0:
             return None
     return str(runexec)
+
+
+def checkout(rev: str) -> str:
+    """A sandbox-run of revision `rev`: its tree exported under /work/ci, started by a
+    script that puts it first on this interpreter's path (the venv's own checkout is
+    an editable install on sys.path, so the export wins)."""
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", f"{rev}^{{commit}}"],
+                            check=True, capture_output=True, text=True).stdout.strip()
+    where = Path("/work/ci") / f"bench-{commit[:12]}"
+    if not (where / "sandbox").is_dir():
+        where.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "sandbox"], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(where)], input=archive, check=True)
+    script = where / "sandbox-run"
+    script.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(where)!r})\n"
+                      "from sandbox.launch import run_main\nsys.exit(run_main())\n")
+    script.chmod(0o755)
+    return str(script)
 
 
 def hyperfine(commands: dict[str, str], runs: int) -> dict[str, dict[str, float]]:
@@ -106,16 +133,19 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=60)
     ap.add_argument("--sleep", type=float, default=30.0)
     ap.add_argument("--json", dest="json_out")
+    ap.add_argument("--compare", metavar="REV", help="also time sandbox-run as of git revision REV")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root")
     runexec = ensure_tools()
     with tempfile.TemporaryDirectory() as d:
         commands = {
-            "sandbox-run (cgroup + pid/mount/ipc/uts ns + private tmp + report)":
-                f"{SANDBOX_RUN} --mem 1G --report {d}/report.json -- /bin/true",
+            LABEL: f"{SANDBOX_RUN} --mem 1G --report {d}/report.json -- /bin/true",
             "unshare --fork --pid --mount-proc true": "unshare --fork --pid --mount-proc true",
         }
+        if args.compare:
+            old = checkout(args.compare)
+            commands[f"{LABEL} @ {args.compare}"] = f"{old} --mem 1G --report {d}/old.json -- /bin/true"
         if runexec:
             commands["runexec (BenchExec)"] = (
                 f"{runexec} --memlimit 100MB --read-only-dir / --full-access-dir /tmp --output /dev/null "
@@ -128,6 +158,9 @@ def main() -> int:
     for label, r in launch.items():
         spread = f"{r['mean_ms']:.1f} ± {r['stddev_ms']:.1f} ms"
         print(f"| {label} | {r['median_ms']:.1f} ms | {spread} | {r['min_ms']:.1f} ms |")
+    if args.compare:
+        ratio = launch[LABEL]["median_ms"] / launch[f"{LABEL} @ {args.compare}"]["median_ms"]
+        print(f"\nlaunch median, this tree / {args.compare}: {ratio:.3f}")
     print()
     print(f"supervisor CPU (launcher + init) over {sup['window_s']:.0f} s of `sleep`: {sup['supervisor_cpu_s']:.3f} s")
     print(f"supervisor private memory: launcher {sup['launcher_private_kib'] / 1024:.1f} MiB, "
