@@ -97,3 +97,23 @@ def test_the_identity_reader_finds_both_spellings(tmp_path: Path) -> None:
     probe = tmp_path / "probe.py"
     probe.write_text("import os\nfrom os import getegid\n\nroot = os.geteuid() == 0\n")
     assert sorted(_identity_calls(probe)) == ["probe.py:2 getegid", "probe.py:4 geteuid"]
+
+
+MAX_FUNCTION_LINES = 60
+MAX_MODULE_LINES = 400
+
+
+def test_no_function_over_60_lines_and_no_module_over_400_in_sandbox() -> None:
+    too_long = []
+    for path in sorted(PKG.rglob("*.py")):
+        text = path.read_text()
+        lines = len(text.splitlines())
+        if lines > MAX_MODULE_LINES:
+            too_long.append(f"{path.relative_to(PKG.parent)}: {lines} lines")
+        for node in ast.walk(ast.parse(text, str(path))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                assert node.end_lineno is not None
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    too_long.append(f"{path.relative_to(PKG.parent)}:{node.lineno} {node.name}: {length} lines")
+    assert not too_long, "\n".join(too_long)

@@ -1,4 +1,4 @@
-"""runner.decide: how a job ended, from init's report and the kernel's counters."""
+"""outcome.decide: how a job ended, from init's report and the kernel's counters."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sandbox import report
-from sandbox.runner import Outcome, decide
+from sandbox.outcome import Outcome, decide
 
 
 def exited(code: int) -> int:

@@ -1,0 +1,102 @@
+"""How a job ended and what it used: the decision (pure) and the report record built
+from it, the launch's facts and the cgroup's usage record."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import TYPE_CHECKING, NamedTuple
+
+from . import errors, records, report
+
+if TYPE_CHECKING:
+    from .cgroups import JobCgroup, Usage
+    from .spec import JobSpec
+    from .supervise import Facts
+
+
+class Outcome(NamedTuple):
+    status: str
+    exit_code: int | None
+    signal: int | None
+    returncode: int
+
+
+def decide(
+    main_status: int | None,
+    init_status: int | None,
+    exec_error: tuple[int, str] | None,
+    timed_out: bool,
+    oom_kills: int | None,
+) -> Outcome:
+    """How the job ended, from what init and the kernel said. Pure: unit-tested."""
+    if exec_error is not None:
+        return Outcome(report.STATUS_FAILED, None, None, exec_error[0])
+    code = sig = None
+    status = main_status if main_status is not None else init_status
+    if status is not None:
+        if os.WIFEXITED(status):
+            code = os.WEXITSTATUS(status)
+        elif os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+    if timed_out:
+        return Outcome(report.STATUS_TIMED_OUT, code, sig, errors.EXIT_TIMEOUT)
+    # An OOM kill anywhere in the job that made it fail: with `sh -c prog` the victim is
+    # prog and sh exits 137 itself, so a non-zero exit counts as well as SIGKILL.
+    if oom_kills and (sig == signal.SIGKILL or (code is not None and code != 0)):
+        return Outcome(report.STATUS_OOM, code, sig, errors.SIGNAL_BASE + signal.SIGKILL)
+    if sig is not None:
+        return Outcome(report.STATUS_SIGNALED, None, sig, errors.SIGNAL_BASE + sig)
+    if code is not None:
+        return Outcome(report.STATUS_EXITED, code, None, code)
+    return Outcome(report.STATUS_FAILED, None, None, errors.EXIT_SANDBOX_FAILED)
+
+
+def build_report(
+    spec: JobSpec,
+    facts: Facts,
+    init_status: int | None,
+    usage: Usage,
+    launch: LaunchFacts,
+) -> records.Report:
+    """The report: how the job ended (decide) and what it used (the usage record)."""
+    end = decide(facts.main_status, init_status, facts.exec_error, facts.timed_out, usage.oom_kills)
+    cg = launch.cg
+    return records.Report(
+        version=records.REPORT_VERSION,
+        name=spec.name,
+        status=end.status,
+        exit_code=end.exit_code,
+        signal=end.signal,
+        returncode=end.returncode,
+        wall_seconds=launch.wall_seconds,
+        cpu_user_seconds=None,
+        cpu_system_seconds=None,
+        memory_peak_bytes=None,
+        memory_limit_bytes=spec.limits.memory_bytes,
+        oom_kills=None,
+        io_read_bytes=None,
+        io_write_bytes=None,
+        pids_peak=None,
+        cgroup=cg.primary_path() if cg is not None else None,
+        cgroup_version=cg.version if cg is not None else None,
+        init_host_pid=launch.init_forked,
+        job_host_pid=facts.job_host_pid,
+        job_ns_pid=facts.job_ns_pid,
+        started_at=launch.started_at,
+        ended_at=time.time(),
+        argv=spec.argv,
+        error=facts.exec_error[1] if facts.exec_error else launch.cleanup_error,
+        labels=dict(spec.labels),
+    ).with_usage(usage, facts.maxrss_kb)
+
+
+class LaunchFacts(NamedTuple):
+    """What the launcher itself knows at the end, for the report."""
+
+    cg: JobCgroup | None
+    init_forked: int | None  # init's host PID, whether or not it ever ran the job
+    started_at: float
+    wall_seconds: float | None
+    cleanup_error: str | None

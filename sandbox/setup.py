@@ -1,0 +1,103 @@
+"""From the JobSpec to what init is given: the paths opened before the fork and the
+InitConfig (namespaces to make, mounts, cwd, credentials, descriptors)."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from . import init
+from . import syscalls as sc
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .ns.mount import SetupOp
+    from .paths import Prepared
+    from .privilege import Privilege
+    from .spawn import Pipes
+    from .spec import JobSpec
+
+UNSHARE_FLAGS = sc.CLONE_NEWNS | sc.CLONE_NEWIPC | sc.CLONE_NEWUTS
+
+
+def prepare_fs(spec: JobSpec, privilege: Privilege) -> Prepared | None:
+    """Open every path the mounts need, symlink-safely, before the fork: a path
+    looked up again later is where a planted symlink would redirect the mount."""
+    if spec.execute_dir is None and not spec.binds and not spec.hide and spec.user is None:
+        return None
+    from .paths import prepare
+
+    owner = (spec.user.uid, spec.user.gid) if spec.user is not None else None
+    return prepare(spec.execute_dir, spec.binds, spec.hide, owner, privilege.scratch_owner())
+
+
+def init_config(
+    spec: JobSpec, fs: Prepared | None, ops: list[SetupOp], join_fds: list[int], pipes: Pipes
+) -> init.InitConfig:
+    close_in_child = [pipes.err_r, pipes.status_r, pipes.go_w, pipes.wake_r, pipes.wake_w]
+    if spec.report_fd is not None:
+        close_in_child.append(spec.report_fd)
+    return init.InitConfig(
+        argv=spec.argv,
+        cwd=_job_cwd(spec, fs),
+        cwd_is_inherited=spec.cwd is None and (fs is None or fs.execute_dir is None),
+        join_fds=tuple(join_fds),
+        err_w=pipes.err_w,
+        status_w=pipes.status_w,
+        go_r=pipes.go_r,
+        close_fds=tuple(close_in_child),
+        unshare_flags=UNSHARE_FLAGS | _isolation_flags(spec),
+        mount_ops=tuple(ops),
+        hostname=spec.hostname,
+        take_terminal=_in_foreground(),
+        creds=(spec.user.uid, spec.user.gid, spec.user.groups) if spec.user is not None else None,
+        last_cap=_last_cap() if spec.user is not None else 0,
+        net_setup=_net_setup(spec),
+        fs_fds=fs.fds() if fs is not None else (),
+    )
+
+
+def _job_cwd(spec: JobSpec, fs: Prepared | None) -> str:
+    if spec.cwd is not None:
+        return os.path.join(os.getcwd(), spec.cwd)
+    if fs is not None and fs.execute_dir is not None:
+        return fs.execute_dir.path
+    try:
+        return os.getcwd()
+    except FileNotFoundError:  # the launcher's directory was removed: nothing to inherit
+        return "/"
+
+
+def _isolation_flags(spec: JobSpec) -> int:
+    flags = 0
+    if spec.user is not None:
+        # init unshares after joining the job's cgroup: the root of the job's cgroup view
+        # is its own cgroup, so paths it sees (/proc/self/cgroup) reveal nothing above it.
+        flags |= sc.CLONE_NEWCGROUP
+    if spec.net == "none":
+        flags |= sc.CLONE_NEWNET
+    return flags
+
+
+def _net_setup(spec: JobSpec) -> Callable[[], None] | None:
+    if spec.net != "none":
+        return None
+    from .ns.net import loopback_up  # imports pyroute2 (~110 ms): only here
+
+    return loopback_up()
+
+
+def _last_cap() -> int:
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 63  # drop_bounding_set stops at the first EINVAL
+
+
+def _in_foreground() -> bool:
+    try:
+        return os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp()
+    except OSError:
+        return False
