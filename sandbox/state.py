@@ -58,19 +58,6 @@ def read(name: str, directory: str | None = None) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def load(name: str, directory: str | None = None) -> State | None:
-    """The typed, validated record of sandbox `name`; None if it has none or it is not valid."""
-    from .records import RecordError, State
-
-    data = read(name, directory)
-    if data is None:
-        return None
-    try:
-        return State.from_dict(data, name)
-    except RecordError:
-        return None
-
-
 def remove(name: str, directory: str | None = None) -> None:
     try:
         os.unlink(path_for(name, directory))
