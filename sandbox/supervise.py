@@ -55,60 +55,71 @@ class Supervisor:
         self.on_started = on_started
 
     def run(self, pipes: Pipes) -> None:
-        err_r, status_r, wake_r = pipes.err_r, pipes.status_r, pipes.wake_r
+        self.pipes = pipes
+        self.poller = select.poll()
+        for fd in (pipes.err_r, pipes.status_r, pipes.wake_r):
+            self.poller.register(fd, select.POLLIN)
+        self.err_buf = b""
+        self.status = wire.StatusReader()
+        self.exec_done = False
+        self.init_gone = False
+        self.deadline = time.monotonic() + self.timeout if self.timeout else None
+        self.kill_at: float | None = None
         facts = self.facts
-        poller = select.poll()
-        for fd in (err_r, status_r, wake_r):
-            poller.register(fd, select.POLLIN)
-        err_buf = b""
-        status = wire.StatusReader()
-        exec_done = False
-        init_gone = False
-        deadline = time.monotonic() + self.timeout if self.timeout else None
-        kill_at: float | None = None
         # Until init is gone AND the exec handshake is read to its end: init's exit can be
         # seen first, with a failed exec's message still in the error pipe.
-        while not (init_gone and exec_done):
-            now = time.monotonic()
-            timers = [t for t in (deadline, kill_at) if t is not None]
-            wait_ms = None if not timers else max(0, int((min(timers) - now) * 1000) + 1)
-            if init_gone:  # every writer of the error pipe is gone: its end is due now
-                wait_ms = 1000 if wait_ms is None else min(wait_ms, 1000)
-            events = poller.poll(wait_ms)
-            if init_gone and not events:
+        while not (self.init_gone and self.exec_done):
+            events = self.poller.poll(self._wait_ms())
+            if self.init_gone and not events:
                 break
             now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                deadline = None
-                facts.timed_out = True
-                self._forward(signal.SIGTERM)
-                kill_at = now + self.kill_grace
-            if kill_at is not None and now >= kill_at:
-                kill_at = None
-                self.cg.kill()  # init included: its status pipe closes, ending the loop
+            self._timers(now)
             for fd, _ev in events:
-                if fd == wake_r:
-                    for signum in os.read(wake_r, 64):
-                        self._forward(signum)
-                        if signum == signal.SIGTERM and kill_at is None:
-                            kill_at = now + self.kill_grace
-                    continue
-                data = os.read(fd, 4096)
-                if fd == err_r:
-                    if data:
-                        err_buf += data
-                    else:
-                        poller.unregister(err_r)
-                        exec_done = True
-                        facts.exec_error = wire.decode_error(err_buf)
-                elif fd == status_r:
-                    if not data:
-                        poller.unregister(status_r)
-                        init_gone = True
-                    self._messages(status.feed(data))
-            if exec_done and not facts.started and facts.exec_error is None and facts.job_ns_pid is not None:
+                self._readable(fd, now)
+            if self.exec_done and not facts.started and facts.exec_error is None and facts.job_ns_pid is not None:
                 facts.started = True
                 self.on_started()
+
+    def _wait_ms(self) -> int | None:
+        """poll's timeout: until the next timer (None: none)."""
+        now = time.monotonic()
+        timers = [t for t in (self.deadline, self.kill_at) if t is not None]
+        wait_ms = None if not timers else max(0, int((min(timers) - now) * 1000) + 1)
+        if self.init_gone:  # every writer of the error pipe is gone: its end is due now
+            wait_ms = 1000 if wait_ms is None else min(wait_ms, 1000)
+        return wait_ms
+
+    def _timers(self, now: float) -> None:
+        if self.deadline is not None and now >= self.deadline:
+            self.deadline = None
+            self.facts.timed_out = True
+            self._forward(signal.SIGTERM)
+            self.kill_at = now + self.kill_grace
+        if self.kill_at is not None and now >= self.kill_at:
+            self.kill_at = None
+            self.cg.kill()  # init included: its status pipe closes, ending the loop
+
+    def _readable(self, fd: int, now: float) -> None:
+        pipes = self.pipes
+        if fd == pipes.wake_r:
+            for signum in os.read(fd, 64):
+                self._forward(signum)
+                if signum == signal.SIGTERM and self.kill_at is None:
+                    self.kill_at = now + self.kill_grace
+            return
+        data = os.read(fd, 4096)
+        if fd == pipes.err_r:
+            if data:
+                self.err_buf += data
+            else:
+                self.poller.unregister(fd)
+                self.exec_done = True
+                self.facts.exec_error = wire.decode_error(self.err_buf)
+        elif fd == pipes.status_r:
+            if not data:
+                self.poller.unregister(fd)
+                self.init_gone = True
+            self._messages(self.status.feed(data))
 
     def _messages(self, messages: list[wire.Status]) -> None:
         for kind, values in messages:
