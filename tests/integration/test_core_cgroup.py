@@ -158,9 +158,7 @@ def test_layout_of_this_host_is_reported(tmp_path: Path) -> None:
 # that has processes of its own cannot hand the memory controller to a child. These run
 # where the unified hierarchy has the controllers (pure v2: the CI lane's guest).
 
-needs_v2_controllers = pytest.mark.skipif(
-    LAYOUT.kind != "v2", reason="needs a unified hierarchy with controllers (pure cgroup v2)"
-)
+needs_v2_controllers = pytest.mark.layout("v2")
 
 
 @pytest.fixture
