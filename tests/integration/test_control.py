@@ -173,20 +173,25 @@ def test_accounting_log_with_50_sandboxes_ending_at_once(acct):
     go = os.path.join(sync, "go")
 
     def one(i: int) -> int:
-        # all wait for the same file, so that they end (and append) together
-        script = f"while [ ! -e {go} ]; do sleep 0.01; done"
+        # each says it runs, then all wait for the same file, so that they end (and append)
+        # together; a slow poll: 50 fast pollers starve a slow guest's launchers
+        script = f"touch {sync}/ready-{i}; while [ ! -e {go} ]; do sleep 0.2; done"
         return run_sandbox("--name", f"acct-{tag}-{i}", "--label", f"tenant=t{i % 3}", "--label", f"batch={tag}",
-                           "--", "sh", "-c", script, timeout=120).returncode
+                           "--", "sh", "-c", script, timeout=600).returncode
 
     try:
         with ThreadPoolExecutor(50) as pool:
             futures = [pool.submit(one, i) for i in range(50)]
-            time.sleep(1.0)
+            # all started (or one already failed: its result says why)
+            deadline = time.monotonic() + 300
+            while (len(os.listdir(sync)) < 50 and time.monotonic() < deadline
+                   and not any(f.done() for f in futures)):
+                time.sleep(0.1)
             open(go, "w").close()
             assert [f.result() for f in futures] == [0] * 50
     finally:
-        if os.path.exists(go):
-            os.unlink(go)
+        for entry in os.listdir(sync):
+            os.unlink(os.path.join(sync, entry))
         os.rmdir(sync)
     raw = acct.read_bytes()
     assert raw.endswith(b"\n")

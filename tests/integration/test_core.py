@@ -552,14 +552,20 @@ def test_inherited_cwd_under_host_tmp_gives_no_way_into_it(tmp_path):
 
 
 @pytest.mark.cgroup
-def test_a_name_in_use_is_refused_and_the_running_sandbox_is_untouched(tmp_path):
+def test_a_name_in_use_is_refused_and_the_running_sandbox_is_untouched(tmp_path, hostdir):
     name = f"dup-{uuid.uuid4().hex[:8]}"
-    first = Running("--name", name, "--", "sh", "-c", "sleep 2; exit 5")
+    # the first job runs until the test is done with it (a fixed sleep is too short in a
+    # slow guest), and never longer than a minute
+    go = hostdir / "go"
+    first = Running("--name", name, "--timeout", "60", "--", "sh", "-c",
+                    f"while [ ! -e {go} ]; do sleep 0.05; done; exit 5")
     try:
         p, r = run_report(tmp_path, "--name", name, "--", "true")
         assert p.returncode == 125 and r["status"] == "failed_to_start"
         assert "already exists" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
         assert Path(first.started["cgroup"]).is_dir()  # the first one's cgroup is still there
+        assert first.proc.poll() is None  # and it still runs
+        go.touch()
         ended = first.exited()
         assert ended["status"] == "exited" and ended["exit_code"] == 5  # it ran to its own end
     finally:
