@@ -148,12 +148,13 @@ class V1Part:
     def kill(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
-            pids = self.pids()
-            if not pids:
+            if not self.pids():
                 return
+            # read the tasks only once frozen: a frozen task cannot fork, so each round
+            # kills every task there is, a fork loop's newest children included
             self.freeze()
             try:
-                kill_pids(pids, signal.SIGKILL)
+                kill_pids(self.pids(), signal.SIGKILL)
             finally:
                 self.thaw()
             d = self.unique_dirs()[0]
