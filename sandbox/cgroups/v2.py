@@ -29,6 +29,19 @@ from .base import (
 )
 from .layout import Layout
 
+# When the launcher's own cgroup has processes of its own (a Slurm task cgroup, a
+# systemd service, a login session), v2's "no internal processes" rule forbids enabling
+# controllers for its children. As crun and podman do, the launcher then moves that
+# cgroup's processes into a leaf of it and nests the sandbox beside the leaf: nothing
+# leaves the cgroup it was given. Not named sandbox-*: that prefix is what gc reclaims.
+LEAF = "sandbox.leaf"
+# new processes may be forked into the cgroup while it is being emptied
+EMPTY_TRIES = 50
+
+
+def _procs(directory: str) -> list[int]:
+    return [int(p) for p in (read_text(os.path.join(directory, "cgroup.procs")) or "").split()]
+
 
 def _io_bytes(directory: str) -> tuple[int | None, int | None]:
     text = read_text(os.path.join(directory, "io.stat"))
@@ -52,11 +65,18 @@ class V2Part:
         h = layout.unified
         if h is None:
             raise CgroupError("this host has no cgroup2 mount")
+        # may move its cgroup's processes into a leaf: only the launcher's own cgroup
+        self.own = parent_dirs is None and parent in (None, h.own_path)
         if parent_dirs is not None and "unified" in parent_dirs:
             self.parent_dir = parent_dirs["unified"]
         else:
             self.parent_dir = h.directory(parent if parent is not None else h.own_path)
+            if self.own and os.path.basename(self.parent_dir) == LEAF:
+                # born in another launcher's leaf: nest beside it, not below it
+                self.parent_dir = os.path.dirname(self.parent_dir)
         self.dir = os.path.join(self.parent_dir, PREFIX + name)
+        self.leaf: str | None = None  # the leaf this launcher moved processes into
+        self.enabled_here: list[str] = []  # the controllers this launcher enabled in the parent
 
     def file(self, name: str) -> str:
         return os.path.join(self.dir, name)
@@ -71,10 +91,16 @@ class V2Part:
         enabled = set((read_text(os.path.join(self.parent_dir, "cgroup.subtree_control")) or "").split())
         missing = [c for c in wanted if c in available and c not in enabled]
         if missing:
+            control = os.path.join(self.parent_dir, "cgroup.subtree_control")
             try:
-                write_file(
-                    os.path.join(self.parent_dir, "cgroup.subtree_control"), " ".join("+" + c for c in missing)
-                )
+                try:
+                    write_file(control, " ".join("+" + c for c in missing))
+                except OSError as e:
+                    if e.errno != errno.EBUSY or not self.own or not _procs(self.parent_dir):
+                        raise
+                    self.move_to_leaf()
+                    write_file(control, " ".join("+" + c for c in missing))
+                self.enabled_here = missing
             except OSError as e:
                 if e.errno == errno.EBUSY:
                     raise CgroupError(
@@ -86,7 +112,59 @@ class V2Part:
             enabled |= set(missing)
         return enabled & set(wanted)
 
+    def move_to_leaf(self) -> None:
+        """Move every process of the parent (this launcher among them) into its leaf."""
+        leaf = os.path.join(self.parent_dir, LEAF)
+        try:
+            os.mkdir(leaf, 0o755)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise CgroupError(f"cannot make {leaf}: {e.strerror}") from None
+        self.leaf = leaf
+        for _ in range(EMPTY_TRIES):
+            pids = _procs(self.parent_dir)
+            if not pids:
+                return
+            for pid in pids:
+                try:
+                    write_file(os.path.join(leaf, "cgroup.procs"), str(pid))
+                except ProcessLookupError:
+                    pass  # exited meanwhile
+                except OSError as e:
+                    raise CgroupError(f"cannot move process {pid} into {leaf}: {e.strerror}") from None
+        raise CgroupError(f"{self.parent_dir} keeps gaining processes; cannot empty it into {leaf}")
+
+    def undo_leaf(self) -> None:
+        """Move back out of the leaf and disable what was enabled, if this launcher is the
+        only process in the leaf and no other cgroup is beside it (else it stays: the
+        others' processes still need it, and controllers in use cannot be disabled)."""
+        leaf, self.leaf = self.leaf, None
+        if leaf is None or _procs(leaf) != [os.getpid()]:
+            return
+        with os.scandir(self.parent_dir) as entries:
+            if any(e.is_dir(follow_symlinks=False) and e.name != LEAF for e in entries):
+                return
+        try:
+            if self.enabled_here:
+                write_file(
+                    os.path.join(self.parent_dir, "cgroup.subtree_control"),
+                    " ".join("-" + c for c in self.enabled_here),
+                )
+                self.enabled_here = []
+            write_file(os.path.join(self.parent_dir, "cgroup.procs"), str(os.getpid()))
+            os.rmdir(leaf)
+        except OSError as e:
+            raise CgroupError(f"cannot move back out of {leaf}: {e.strerror}") from None
+
     def create(self, limits: Limits, controllers: tuple[str, ...]) -> None:
+        try:
+            self._create(limits, controllers)
+        except BaseException:
+            self.undo_leaf()
+            raise
+
+    def _create(self, limits: Limits, controllers: tuple[str, ...]) -> None:
         enabled = self.delegate(controllers) if controllers else set()
         if limits.memory_bytes is not None and "memory" in controllers and "memory" not in enabled:
             raise CgroupError(f"--mem needs the memory controller, which {self.parent_dir} does not offer")
@@ -180,6 +258,7 @@ class V2Part:
 
     def remove_dirs(self) -> None:
         remove_tree(self.dir)
+        self.undo_leaf()
 
 
 class V2Cgroup(JobCgroup):
