@@ -662,3 +662,88 @@ def test_state_record_rebuilds_the_sandbox_cgroup(kernel_factory) -> None:  # ty
     assert again.paths() == cg.paths() and again.exists()
     again.destroy()
     assert not cg.exists()
+
+
+class BusyParentKernel:
+    """v2 writes as the kernel does them for a cgroup with processes of its own: enabling
+    controllers is refused (EBUSY) while it has processes, and a write to cgroup.procs
+    moves a process out of whichever cgroup of the hierarchy held it."""
+
+    def __init__(self, k: FakeKernel) -> None:
+        self.k = k
+
+    def write(self, path: str, value: str) -> None:
+        p = Path(path)
+        if p.name == "cgroup.subtree_control" and value.startswith("+") and read(str(p.parent / "cgroup.procs")):
+            raise OSError(errno.EBUSY, "Device or resource busy")
+        if p.name == "cgroup.procs":
+            assert self.k.v2_mount is not None
+            for procs in self.k.v2_mount.rglob("cgroup.procs"):
+                pids = procs.read_text().split()
+                if value in pids:
+                    procs.write_text("".join(f"{x}\n" for x in pids if x != value))
+            p.write_text(p.read_text() + value + "\n")
+            return
+        if p.name == "cgroup.subtree_control":  # "+memory" enables, "-memory" disables
+            enabled = set(p.read_text().split())
+            for c in value.split():
+                if c.startswith("+"):
+                    enabled.add(c)
+                else:
+                    enabled.discard("+" + c[1:])
+            p.write_text(" ".join(sorted(enabled)))
+            return
+        cgroupfs_write(path, value)
+
+
+def test_v2_busy_own_cgroup_moves_its_processes_into_a_leaf(kernel_factory, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    k = kernel_factory("v2")
+    slot = Path(k.root, "unified/condor/slot1")
+    me = os.getpid()
+    (slot / "cgroup.procs").write_text(f"4242\n{me}\n")  # the starter's shell and this launcher
+    monkeypatch.setattr(v2mod, "write_file", BusyParentKernel(k).write)
+    outside = k.snapshot({slot})
+    cg = job_cgroup("nest", None, k.layout())
+    cg.create(Limits(memory_bytes=1 << 20))
+    assert cg.primary_path() == str(slot / "sandbox-nest")  # beside the leaf, not below it
+    assert read(str(slot / v2mod.LEAF / "cgroup.procs")).split() == ["4242", str(me)]
+    assert read(str(slot / "cgroup.procs")) == ""
+    assert read(str(slot / "sandbox-nest/memory.max")) == str(1 << 20)
+    cg.remove_dirs()
+    # another process is still in the leaf: the leaf and the controllers stay
+    assert read(str(slot / v2mod.LEAF / "cgroup.procs")).split() == ["4242", str(me)]
+    assert not (slot / "sandbox-nest").exists()
+    assert k.snapshot({slot}) == outside  # nothing outside the given cgroup changed
+
+
+def test_v2_launcher_alone_in_its_cgroup_moves_back_at_the_end(kernel_factory, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    k = kernel_factory("v2")
+    slot = Path(k.root, "unified/condor/slot1")
+    me = os.getpid()
+    (slot / "cgroup.procs").write_text(f"{me}\n")
+    monkeypatch.setattr(v2mod, "write_file", BusyParentKernel(k).write)
+    before = k.snapshot(set())
+    cg = job_cgroup("alone", None, k.layout())
+    cg.create(Limits(memory_bytes=1 << 20))
+    assert read(str(slot / v2mod.LEAF / "cgroup.procs")) == str(me)
+    cg.remove_dirs()
+    assert k.snapshot(set()) == before  # back in its cgroup, controllers off, no leaf
+
+
+def test_v2_busy_cgroup_parent_of_someone_else_is_refused(kernel_factory, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    k = kernel_factory("v2")
+    other = Path(k.root, "unified/batch/slot1")
+    (other / "cgroup.procs").write_text("4242\n")
+    monkeypatch.setattr(v2mod, "write_file", BusyParentKernel(k).write)
+    before = k.snapshot(set())
+    with pytest.raises(CgroupError, match="no internal processes"):
+        job_cgroup("x", "/batch/slot1", k.layout()).create(Limits(memory_bytes=1 << 20))
+    assert k.snapshot(set()) == before  # its processes were not moved
+
+
+def test_v2_launcher_born_in_a_leaf_nests_beside_it(kernel_factory) -> None:  # type: ignore[no-untyped-def]
+    k = kernel_factory("v2")
+    os.mkdir(Path(k.root, "unified/condor/slot1", v2mod.LEAF))
+    k.proc_cgroup = k.proc_cgroup.replace("0::/condor/slot1", f"0::/condor/slot1/{v2mod.LEAF}")
+    cg = job_cgroup("born", None, k.layout())
+    assert cg.primary_path() == f"{k.root}/unified/condor/slot1/sandbox-born"
