@@ -22,14 +22,34 @@ from tests.integration.test_core import host_processes_with, run_report, wait_un
 pytestmark = [needs_root, pytest.mark.cgroup]
 
 
+# A fork loop that never stops making setsid, double-forked escapees, also while every
+# pid is taken (a shell loop would exit on its first failed fork).
+FORK_LOOP = """
+import os, sys
+while True:
+    try:
+        pid = os.fork()
+    except OSError:
+        continue
+    if pid == 0:
+        try:
+            os.setsid()
+            if os.fork() == 0:
+                os.execv("/bin/sh", ["sh", "-c", "sleep 300", sys.argv[1] + "-loop"])
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+"""
+
+
 def escapees(marker: str) -> str:
     """A shell script: escapees that leave the job's session and process tree (setsid,
-    double fork, nohup), then a fork loop that never stops making more."""
+    double fork, nohup), then the fork loop."""
     return (
         f"(setsid sh -c 'sleep 300' {marker}-setsid &); "
         f"(sh -c 'sleep 300' {marker}-double &); "
         f"nohup sh -c 'sleep 300' {marker}-nohup >/dev/null 2>&1 & "
-        f"while :; do (setsid sh -c 'sleep 300' {marker}-loop &) 2>/dev/null; done"
+        f"exec /usr/bin/python3 -c '{FORK_LOOP}' {marker}"
     )
 
 

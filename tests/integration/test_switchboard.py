@@ -77,7 +77,9 @@ def _installed() -> Iterator[None]:
     had_group = subprocess.run(["getent", "group", "sandbox"], capture_output=True, check=False).returncode == 0
     users: list[str] = []
     try:
-        subprocess.run([str(ROOT / "helpers" / "install-switchboard")], check=True, capture_output=True)
+        inst = subprocess.run([str(ROOT / "helpers" / "install-switchboard")], capture_output=True, text=True,
+                              check=False)
+        assert inst.returncode == 0, f"install-switchboard failed ({inst.returncode}): {inst.stderr}"
         CONFIG.write_text(_config())
         os.chmod(CONFIG, 0o644)
         for user, member in ((MEMBER, True), (MEMBER2, True), (OUTSIDER, False)):
