@@ -39,6 +39,12 @@ def _path(text: str) -> str:
     return text  # "" disables (accounting_log)
 
 
+def _limits_policy(text: str) -> str:
+    from .options import limits_policy
+
+    return limits_policy(text)
+
+
 def _bool(text: str) -> bool:
     low = text.strip().lower()
     if low in ("1", "true", "yes", "on"):
@@ -54,6 +60,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("pids", lambda v: parse_count(v, "process count"), "default --pids", "--pids"),
     Setting("cpus", parse_cpus, "default --cpus", "--cpus"),
     Setting("tmp_size", lambda v: parse_size(v, "tmp size"), "default --tmp-size", "--tmp-size"),
+    Setting("limits", _limits_policy, "enforce or best-effort: limits without a cgroup", "--limits"),
     Setting("cgroup_parent", str, "default --cgroup-parent", "--cgroup-parent"),
     Setting("timeout", lambda v: parse_seconds(v, "timeout"), "default --timeout", "--timeout"),
     Setting("kill_grace", lambda v: parse_seconds(v, "kill grace"), "default --kill-grace", "--kill-grace"),

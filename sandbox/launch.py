@@ -25,7 +25,8 @@ def launch(command: tuple[str, ...], opts: dict[str, Any]) -> int:
     from .privilege import current
 
     privilege = current()
-    privilege.check_usable()  # e.g. without root, the switchboard must be usable
+    privilege.check_usable()  # e.g. without root or the switchboard, user namespaces
+    privilege.check_limits(spec.limits, spec.best_effort)  # refused before anything is made
     if spec.report_path:
         directory = os.path.dirname(os.path.abspath(spec.report_path))
         if not os.access(directory, os.W_OK):
@@ -69,6 +70,7 @@ def build_spec(command: tuple[str, ...], opts: dict[str, Any]) -> JobSpec:
         labels=tuple(opts.get("labels") or ()),
         report_format=opts.get("report_format") or "json",
         accounting_log=opts.get("accounting_log"),
+        best_effort=opts.get("limits") == "best-effort",
     )
 
 

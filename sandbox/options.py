@@ -66,6 +66,15 @@ def _report_format(text: str) -> str:
     return text
 
 
+LIMIT_POLICIES = ("enforce", "best-effort")
+
+
+def limits_policy(text: str) -> str:
+    if text not in LIMIT_POLICIES:
+        raise ValueError(f"invalid limits policy {text!r}: expected enforce or best-effort")
+    return text
+
+
 def _bind(text: str) -> tuple[str, str]:
     from .paths import parse_bind
 
@@ -90,6 +99,8 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option(("--swap",), "swap", "Swap the job may use beyond --mem.", "SIZE", lambda v: parse_size(v, "swap size")),
     Option(("--pids",), "pids", "At most N processes and threads.", "N", lambda v: parse_count(v, "process count")),
     Option(("--cpus",), "cpus", "CPU quota, in CPUs (0.5, 2, ...).", "X", parse_cpus),
+    Option(("--limits",), "limits", "enforce [default]: refuse limits this host cannot enforce (no cgroup); "
+           "best-effort: run anyway, the report names them in limits_not_enforced.", "POLICY", limits_policy),
     Option(("--tmp-size",), "tmp_size",
            "Bound on the private /tmp, /var/tmp and /dev/shm together (tmpfs: RAM charged to the job).",
            "SIZE", lambda v: parse_size(v, "tmp size")),

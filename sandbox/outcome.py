@@ -74,13 +74,13 @@ def build_report(
         cpu_user_seconds=None,
         cpu_system_seconds=None,
         memory_peak_bytes=None,
-        memory_limit_bytes=spec.limits.memory_bytes,
+        memory_limit_bytes=None if "--mem" in getattr(cg, "not_enforced", ()) else spec.limits.memory_bytes,
         oom_kills=None,
         io_read_bytes=None,
         io_write_bytes=None,
         pids_peak=None,
-        cgroup=cg.primary_path() if cg is not None else None,
-        cgroup_version=cg.version if cg is not None else None,
+        cgroup=cg.recorded_path() if cg is not None else None,
+        cgroup_version=cg.recorded_version() if cg is not None else None,
         init_host_pid=launch.init_forked,
         job_host_pid=facts.job_host_pid,
         job_ns_pid=facts.job_ns_pid,
@@ -88,8 +88,16 @@ def build_report(
         ended_at=time.time(),
         argv=spec.argv,
         error=facts.exec_error[1] if facts.exec_error else launch.cleanup_error,
+        tracking=cg.tracking if cg is not None else None,
         labels=dict(spec.labels),
+        extra=_not_enforced(cg),
     ).with_usage(usage, facts.maxrss_kb)
+
+
+def _not_enforced(cg: JobCgroup | None) -> dict[str, object]:
+    """Limits the caller allowed to go unenforced (--limits best-effort) are named."""
+    flags = getattr(cg, "not_enforced", ())
+    return {"limits_not_enforced": list(flags)} if flags else {}
 
 
 class LaunchFacts(NamedTuple):

@@ -9,9 +9,14 @@ A launcher runs in one of these modes, chosen once when it starts:
   other namespaces from a user namespace of its own, entered just before the PID
   namespace; state and the accounting log live in the user's own directories.
 
-Everything that differs between the modes is a method here, so another mode (a
-rootless one without the switchboard, say) is one more class, not one more `if` in
-every module. Nothing else in sandbox/ reads the uid (tests/unit/test_architecture.py
+- Rootless: neither root nor allowed to use the switchboard (or it is not
+  installed). The launcher makes every namespace from a user namespace of its own and
+  no cgroup at all: the job's PID namespace is its family (sandbox/tracking.py).
+  Limits only a cgroup enforces are refused, with the reason and the fix, unless the
+  caller allows them to go unenforced (--limits best-effort).
+
+Everything that differs between the modes is a method here, so another mode is one
+more class, not one more `if` in every module. Nothing else in sandbox/ reads the uid (tests/unit/test_architecture.py
 checks it).
 """
 
@@ -21,8 +26,11 @@ import os
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from .errors import EXIT_SANDBOX_FAILED, SandboxError
+
 if TYPE_CHECKING:
     from .cgroups import JobCgroup
+    from .limits import Limits
 
 SYSTEM_STATE_DIR = "/run/sandbox"
 SYSTEM_ACCOUNTING_LOG = "/var/log/sandbox/accounting.jsonl"
@@ -39,6 +47,11 @@ class Privilege(ABC):
     @abstractmethod
     def check_usable(self) -> None:
         """Raise SandboxError, before anything is made, if this mode cannot launch."""
+
+    def check_limits(self, limits: Limits, best_effort: bool) -> None:
+        """Raise SandboxError, before anything is made, for limits this mode cannot
+        enforce (unless best_effort: then the report names them). A cgroup enforces all."""
+        return None
 
     @abstractmethod
     def job_cgroup(self, name: str, parent: str | None) -> JobCgroup:
@@ -153,8 +166,56 @@ class SwitchboardMember(Privilege):
         return os.path.join(home, "sandbox", "accounting.jsonl")
 
 
+class Rootless(SwitchboardMember):
+    """No root, no switchboard: a user namespace for the namespaces, a PID namespace
+    instead of a cgroup. State and the accounting log stay in the user's directories."""
+
+    name = "rootless"
+
+    def __init__(self, uid: int, euid: int, egid: int, why: str = "") -> None:
+        super().__init__(uid, euid, egid)
+        self.why = why  # why there is no cgroup: the switchboard's refusal, for messages
+
+    def check_usable(self) -> None:
+        from .ns import user as userns
+
+        problem = userns.unavailable()
+        if problem:
+            raise SandboxError(f"{self.why}; and {problem}" if self.why else problem, EXIT_SANDBOX_FAILED)
+
+    def check_limits(self, limits: Limits, best_effort: bool) -> None:
+        from .tracking import unenforced
+
+        flags = unenforced(limits)
+        if flags and not best_effort:
+            raise SandboxError(
+                f"{'/'.join(flags)} cannot be enforced without a cgroup ({self.why}); run as root or a "
+                "switchboard member, or pass --limits best-effort to run with them unenforced",
+                EXIT_SANDBOX_FAILED,
+            )
+
+    def job_cgroup(self, name: str, parent: str | None) -> JobCgroup:
+        from .cgroups import CgroupError
+        from .tracking import PidNamespaceJob
+
+        if parent is not None:
+            raise CgroupError(f"--cgroup-parent needs a cgroup, and this user has none ({self.why})")
+        return PidNamespaceJob(name)
+
+    def hand_over(self, cg: JobCgroup, init_pid: int) -> None:
+        cg.attach(init_pid)  # the tracker takes a pidfd on init: nothing moves
+
+
 def current() -> Privilege:
-    """The mode of this process, from its effective ids."""
-    euid = os.geteuid()
-    mode = Root if euid == 0 else SwitchboardMember
-    return mode(os.getuid(), euid, os.getegid())
+    """The mode of this process, from its effective ids and whether the switchboard
+    will serve it: decided here and nowhere else."""
+    uid, euid, egid = os.getuid(), os.geteuid(), os.getegid()
+    if euid == 0:
+        return Root(uid, euid, egid)
+    from .switchboard.client import check_access
+
+    try:
+        check_access(uid)
+    except SandboxError as e:
+        return Rootless(uid, euid, egid, e.message)
+    return SwitchboardMember(uid, euid, egid)

@@ -141,6 +141,7 @@ class Report(NamedTuple):
     ended_at: float | None
     argv: tuple[str, ...]
     error: str | None
+    tracking: str | None = None  # "cgroup" or "pidns": what held the job's processes together
     labels: Mapping[str, str] = _EMPTY
     extra: Mapping[str, Any] = _EMPTY  # keys beyond these (memory_peak_source, ...)
 

@@ -122,8 +122,8 @@ class Launch:
             uid=self.privilege.uid,
             **state.launcher_identity(),
             init_host_pid=self.init_pid,
-            cgroup=self.cg.primary_path(),
-            cgroup_version=self.cg.version,
+            cgroup=self.cg.recorded_path(),
+            cgroup_version=self.cg.recorded_version(),
             cgroup_paths=self.cg.paths(),
             argv=self.spec.argv,
             started_at=self.started_at,
@@ -142,8 +142,9 @@ class Launch:
         assert self.cg is not None
         event = {
             "name": self.spec.name,
-            "cgroup": self.cg.primary_path(),
-            "cgroup_version": self.cg.version,
+            "cgroup": self.cg.recorded_path(),
+            "cgroup_version": self.cg.recorded_version(),
+            "tracking": self.cg.tracking,
             "cgroup_paths": self.cg.paths(),
             "init_host_pid": self.init_pid,
             "job_host_pid": facts.job_host_pid,
@@ -163,8 +164,13 @@ class Launch:
         if self.verbose:
             sinks.say(
                 f"started '{self.spec.name}': init pid {self.init_pid}, job pid {facts.job_host_pid} "
-                f"(pid {facts.job_ns_pid} inside), cgroup {self.cg.primary_path()}"
+                f"(pid {facts.job_ns_pid} inside), {self._where()}"
             )
+
+    def _where(self) -> str:
+        assert self.cg is not None
+        path = self.cg.recorded_path()
+        return f"cgroup {path}" if path else f"tracked by {self.cg.tracking}, no cgroup"
 
     # -- the end -------------------------------------------------------------------
 

@@ -57,3 +57,4 @@ class JobSpec(NamedTuple):
     labels: tuple[tuple[str, str], ...] = ()  # --label KEY=VALUE, in order, keys unique
     report_format: str = "json"  # of --report: "json" or "classad"
     accounting_log: str | None = None  # None: no accounting record
+    best_effort: bool = False  # --limits best-effort: run even where a limit cannot be enforced

@@ -162,6 +162,7 @@ class JobCgroup(ABC):
 
     version: str  # "v1", "v2" or "hybrid": the report's cgroup_version
     name: str
+    tracking = "cgroup"  # the report's `tracking`: what holds the job's processes together
 
     @abstractmethod
     def create(self, limits: Limits) -> None:
@@ -203,6 +204,13 @@ class JobCgroup(ABC):
     @abstractmethod
     def remove_dirs(self) -> None:
         """rmdir every directory (the cgroup must be empty)."""
+
+    def recorded_path(self) -> str | None:
+        """The directory the report and the state record name (None: no cgroup)."""
+        return self.primary_path()
+
+    def recorded_version(self) -> str | None:
+        return self.version
 
     def is_frozen(self) -> bool | None:
         """Is the freezer holding the job (`sandbox suspend`)? None: no freezer here."""

@@ -28,3 +28,26 @@ def enter(uid: int, gid: int) -> None:
     _write("/proc/self/setgroups", "deny")
     _write("/proc/self/uid_map", f"{uid} {uid} 1\n")
     _write("/proc/self/gid_map", f"{gid} {gid} 1\n")
+
+
+# sysctl -> the value that forbids unprivileged user namespaces
+_FORBIDDING = (
+    ("kernel/unprivileged_userns_clone", "0"),  # Debian's and Ubuntu's switch
+    ("user/max_user_namespaces", "0"),
+    ("kernel/apparmor_restrict_unprivileged_userns", "1"),  # Ubuntu 23.10+
+)
+
+
+def unavailable(proc_sys: str = "/proc/sys") -> str | None:
+    """Why this kernel refuses an unprivileged user namespace, with the fix; None if
+    nothing says it does."""
+    for key, bad in _FORBIDDING:
+        try:
+            with open(os.path.join(proc_sys, key)) as f:
+                value = f.read().strip()
+        except OSError:
+            continue
+        if value == bad:
+            name = key.replace("/", ".")
+            return f"unprivileged user namespaces are disabled ({name} = {value}); an admin can allow them with sysctl"
+    return None

@@ -57,8 +57,7 @@ def check_access(uid: int) -> None:
         except KeyError:
             pass
         raise SandboxError(
-            f"{who} may not run sandboxes without root: not a member of group '{group}', "
-            f"which may use the switchboard ({path})",
+            f"{who} may not use the switchboard ({path}): not a member of group '{group}'",
             EXIT_SANDBOX_FAILED,
         )
     if not st.st_mode & stat.S_ISUID or st.st_uid != 0:

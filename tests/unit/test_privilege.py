@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
 from sandbox import privilege
 from sandbox.cgroups import CgroupError
+from sandbox.errors import SandboxError
+from sandbox.limits import Limits
+from sandbox.ns.user import unavailable
+from sandbox.tracking import PidNamespaceJob, unenforced
 
 
-def _as(monkeypatch: pytest.MonkeyPatch, uid: int, euid: int, egid: int) -> privilege.Privilege:
+def _as(
+    monkeypatch: pytest.MonkeyPatch, uid: int, euid: int, egid: int, refusal: str | None = None
+) -> privilege.Privilege:
+    """The mode of a process with these ids, for whom the switchboard says refusal
+    (None: it serves them)."""
+    from sandbox.switchboard import client
+
+    def check_access(_uid: int) -> None:
+        if refusal is not None:
+            raise SandboxError(refusal)
+
+    monkeypatch.setattr(client, "check_access", check_access)
     monkeypatch.setattr(os, "getuid", lambda: uid)
     monkeypatch.setattr(os, "geteuid", lambda: euid)
     monkeypatch.setattr(os, "getegid", lambda: egid)
@@ -23,7 +39,7 @@ def test_effective_root_is_root(monkeypatch: pytest.MonkeyPatch) -> None:
     assert p.name == "root"
 
 
-def test_any_other_user_goes_through_the_switchboard(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_user_the_switchboard_serves_goes_through_it(monkeypatch: pytest.MonkeyPatch) -> None:
     p = _as(monkeypatch, 1000, 1000, 100)
     assert isinstance(p, privilege.SwitchboardMember)
     assert (p.uid, p.euid, p.egid) == (1000, 1000, 100)
@@ -83,3 +99,119 @@ def test_only_root_reclaims_at_launch(monkeypatch: pytest.MonkeyPatch) -> None:
     assert calls == []
     _as(monkeypatch, 0, 0, 0).reclaim_stale()
     assert calls == [1.0]
+
+
+NOT_MEMBER = "user u may not use the switchboard (/x): not a member of group 'sandbox'"
+
+
+def test_a_user_the_switchboard_refuses_is_rootless(monkeypatch: pytest.MonkeyPatch) -> None:
+    p = _as(monkeypatch, 1000, 1000, 100, refusal=NOT_MEMBER)
+    assert isinstance(p, privilege.Rootless) and p.name == "rootless"
+    assert p.why == NOT_MEMBER
+    assert isinstance(p.job_cgroup("j", None), PidNamespaceJob)
+    assert p.scratch_owner() == (1000, 100)
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    assert p.state_dir() == "/run/user/1000/sandbox"  # the user's own, as for a member
+
+
+def test_rootless_refuses_limits_only_a_cgroup_enforces(monkeypatch: pytest.MonkeyPatch) -> None:
+    p = _as(monkeypatch, 1000, 1000, 1000, refusal=NOT_MEMBER)
+    p.check_limits(Limits(tmp_bytes=1 << 20), best_effort=False)  # a tmpfs size: enforced anyway
+    with pytest.raises(SandboxError) as e:
+        p.check_limits(Limits(memory_bytes=1 << 26, cpus=1.0), best_effort=False)
+    line = e.value.message
+    assert "\n" not in line and e.value.exit_code == 125
+    assert line.startswith("--mem/--cpus cannot be enforced without a cgroup")
+    assert NOT_MEMBER in line and "--limits best-effort" in line  # the reason and the fix
+    p.check_limits(Limits(memory_bytes=1 << 26, cpus=1.0), best_effort=True)
+
+
+def test_cgroup_modes_enforce_every_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    every = Limits(memory_bytes=1 << 26, swap_bytes=0, pids=5, cpus=1.0, tmp_bytes=1)
+    _as(monkeypatch, 0, 0, 0).check_limits(every, best_effort=False)
+    _as(monkeypatch, 1000, 1000, 1000).check_limits(every, best_effort=False)
+
+
+def test_rootless_has_no_cgroup_parent_to_choose(monkeypatch: pytest.MonkeyPatch) -> None:
+    p = _as(monkeypatch, 1000, 1000, 1000, refusal=NOT_MEMBER)
+    with pytest.raises(CgroupError, match="--cgroup-parent needs a cgroup"):
+        p.job_cgroup("j", "/batch")
+
+
+def test_unenforced_names_the_options() -> None:
+    assert unenforced(Limits()) == ()
+    assert unenforced(Limits(memory_bytes=1, swap_bytes=0, pids=2, cpus=0.5, tmp_bytes=9)) == (
+        "--mem", "--swap", "--pids", "--cpus")
+
+
+@pytest.mark.parametrize(
+    ("files", "why"),
+    [
+        ({}, None),
+        ({"kernel/unprivileged_userns_clone": "1", "user/max_user_namespaces": "100"}, None),
+        ({"kernel/unprivileged_userns_clone": "0"}, "kernel.unprivileged_userns_clone = 0"),
+        ({"user/max_user_namespaces": "0"}, "user.max_user_namespaces = 0"),
+        ({"kernel/apparmor_restrict_unprivileged_userns": "1"}, "kernel.apparmor_restrict_unprivileged_userns = 1"),
+    ],
+)
+def test_user_namespace_availability_from_sysctls(tmp_path: Path, files: dict[str, str], why: str | None) -> None:
+    for key, value in files.items():
+        (tmp_path / key).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / key).write_text(value + "\n")
+    found = unavailable(str(tmp_path))
+    if why is None:
+        assert found is None
+    else:
+        assert found is not None and why in found and "sysctl" in found
+
+
+def test_rootless_reports_the_switchboard_refusal_and_the_kernel_refusal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sandbox.ns import user as userns
+
+    p = _as(monkeypatch, 1000, 1000, 1000, refusal=NOT_MEMBER)
+    monkeypatch.setattr(userns, "unavailable", lambda: "unprivileged user namespaces are disabled (k = 0)")
+    with pytest.raises(SandboxError, match="not a member of group 'sandbox'; and unprivileged user namespaces"):
+        p.check_usable()
+    monkeypatch.setattr(userns, "unavailable", lambda: None)
+    p.check_usable()
+
+
+def test_pid_namespace_job_kills_init_through_its_pidfd_and_counts_its_cpu() -> None:
+    job = PidNamespaceJob("t")
+    job.create(Limits(memory_bytes=1 << 20))
+    assert job.not_enforced == ("--mem",)
+    assert job.recorded_path() is None and job.recorded_version() is None and job.tracking == "pidns"
+    import time
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        while time.process_time() < 0.2:
+            pass
+        os.write(w, b"x")  # burnt: now only waiting for the kill
+        time.sleep(300)
+        os._exit(0)
+    os.close(w)
+    try:
+        job.attach(pid)
+        assert job.exists()
+        assert os.read(r, 1) == b"x"
+        job.kill(timeout=5)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == 9
+        job.kill()  # reaped: the pidfd refers to nothing, and nothing else is signalled
+        usage = job.usage()
+        assert usage.cpu_user_seconds is not None and usage.cpu_system_seconds is not None
+        assert usage.cpu_user_seconds + usage.cpu_system_seconds >= 0.15
+    finally:
+        try:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        job.remove_dirs()
+        os.close(r)
+    assert not job.exists()

@@ -1,0 +1,172 @@
+"""Rootless, no cgroup: a real ordinary user (created here, removed also on failure), not
+root and not allowed to use the switchboard, runs sandbox-run as themselves. The job's
+PID namespace, made from a user namespace, is its family: the escape matrix (double
+fork + setsid, a new process group, `nohup cmd &`, the launcher's SIGKILL) leaves
+nothing behind, CPU is exact, and limits only a cgroup enforces are refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sandbox.ns.user import unavailable
+from tests.conftest import IS_ROOT, SANDBOX_RUN
+from tests.integration.test_core import alive, host_processes_with, wait_until
+
+pytestmark = [
+    pytest.mark.skipif(not IS_ROOT, reason="needs root (creates a user)"),
+    pytest.mark.skipif(unavailable() is not None, reason=f"{unavailable()}"),
+]
+
+USER = "sbt-rootless"
+HOME = Path(f"/home/{USER}")
+
+
+@pytest.fixture(scope="module")
+def user() -> Iterator[str]:
+    subprocess.run(["userdel", "-r", USER], capture_output=True, check=False)
+    subprocess.run(["useradd", "-m", USER], check=True, capture_output=True)
+    try:
+        yield USER
+    finally:
+        subprocess.run(["pkill", "-KILL", "-u", USER], capture_output=True, check=False)
+        subprocess.run(["userdel", "-r", USER], capture_output=True, check=False)
+
+
+def _cmd(*args: str) -> list[str]:
+    # Through a shell, as in a login: setpriv's own exec keeps root's capabilities.
+    return ["setpriv", "--reuid", USER, "--regid", USER, "--init-groups", "/bin/sh", "-c", 'exec "$0" "$@"',
+            SANDBOX_RUN, *args]
+
+
+def _env() -> dict[str, str]:
+    return {"PATH": "/usr/bin:/bin", "HOME": str(HOME), "XDG_RUNTIME_DIR": str(HOME),
+            "SANDBOX_TEST_RUN": os.environ["SANDBOX_TEST_RUN"]}
+
+
+def run_as_user(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(_cmd(*args), capture_output=True, text=True, timeout=timeout, check=False,
+                          cwd=HOME, env=_env())
+
+
+def _report(r: subprocess.CompletedProcess[str], path: Path) -> dict[str, object]:
+    assert path.exists(), r.stderr
+    data: dict[str, object] = json.loads(path.read_text())
+    path.unlink()
+    return data
+
+
+@pytest.fixture(autouse=True)
+def no_state_left(user: str) -> Iterator[None]:
+    yield
+    state = HOME / "sandbox"
+    assert not state.exists() or not list(state.iterdir()), list(state.iterdir())
+
+
+def test_mode_is_pidns_and_the_job_runs_as_the_user(user: str) -> None:
+    report = HOME / "r.json"
+    r = run_as_user("--report", str(report), "--", "sh", "-c", "id -u; echo $$; cat /proc/self/uid_map")
+    assert r.returncode == 0, r.stderr
+    uid = subprocess.run(["id", "-u", USER], capture_output=True, text=True, check=True).stdout.strip()
+    lines = r.stdout.split("\n")
+    assert lines[0] == uid
+    assert int(lines[1]) < 10  # a PID of the job's own namespace
+    assert lines[2].split() == [uid, uid, "1"]  # the identity map of a user namespace
+    data = _report(r, report)
+    assert data["tracking"] == "pidns"
+    assert data["cgroup"] is None and data["cgroup_version"] is None
+    assert (data["status"], data["exit_code"]) == ("exited", 0)
+    assert data["cpu_user_seconds"] is not None and data["cpu_system_seconds"] is not None
+
+
+@pytest.mark.parametrize("limit", [("--mem", "64M"), ("--pids", "10"), ("--cpus", "1")])
+def test_limit_refused_with_reason_and_fix(user: str, limit: tuple[str, str]) -> None:
+    marker = HOME / "ran"
+    r = run_as_user(*limit, "--", "touch", str(marker))
+    assert r.returncode == 125
+    assert r.stderr.count("\n") == 1, r.stderr
+    assert limit[0] in r.stderr and "without a cgroup" in r.stderr and "--limits best-effort" in r.stderr
+    assert "not a member" in r.stderr or "not installed" in r.stderr  # why: no switchboard for them
+    assert not marker.exists()  # nothing was run
+
+
+def test_best_effort_runs_and_says_what_was_not_enforced(user: str) -> None:
+    report = HOME / "r.json"
+    r = run_as_user("--mem", "64M", "--pids", "10", "--limits", "best-effort", "--report", str(report), "--", "true")
+    assert r.returncode == 0, r.stderr
+    data = _report(r, report)
+    assert data["tracking"] == "pidns"
+    assert data["limits_not_enforced"] == ["--mem", "--pids"]
+    assert data["memory_limit_bytes"] is None
+
+
+def test_escape_matrix_nothing_outlives_the_job(user: str) -> None:
+    marker = f"sbtest-rl-{uuid.uuid4().hex[:8]}"
+    script = (
+        f"(setsid sh -c 'sleep 300' {marker}-a &) ; "  # double fork + setsid
+        f"python3 -c 'import os,time; os.setpgid(0, 0); time.sleep(300)' {marker}-b & "  # new process group
+        f"nohup sh -c 'sleep 300' {marker}-c >/dev/null 2>&1 & "
+        f"(sh -c 'trap \"\" TERM HUP INT; sleep 300' {marker}-d &) ; "
+        "sleep 0.3; exit 7"
+    )
+    r = run_as_user("--", "sh", "-c", script)
+    assert r.returncode == 7, r.stderr
+    assert host_processes_with(marker) == []
+
+
+def test_timeout_kills_escapees(user: str) -> None:
+    marker = f"sbtest-rlt-{uuid.uuid4().hex[:8]}"
+    r = run_as_user("--timeout", "1", "--kill-grace", "0.5", "--", "sh", "-c",
+                    f"(setsid sh -c 'trap \"\" TERM; sleep 300' {marker} &); sleep 300")
+    assert r.returncode == 124, r.stderr
+    assert host_processes_with(marker) == []
+
+
+def test_launcher_sigkill_kills_the_job(user: str) -> None:
+    marker = f"sbtest-rlk-{uuid.uuid4().hex[:8]}"
+    proc = subprocess.Popen(
+        _cmd("--", "sh", "-c", f"(setsid sh -c 'sleep 300' {marker}-a &); nohup sh -c 'sleep 300' {marker}-b "
+             ">/dev/null 2>&1 & echo ready; exec sleep 300"),
+        stdout=subprocess.PIPE, text=True, cwd=HOME, env=_env(),
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        assert wait_until(lambda: bool(host_processes_with(f"{marker}-a") and host_processes_with(f"{marker}-b")))
+        pids = [p for p in host_processes_with(marker) if p != proc.pid]  # the launcher's argv has it too
+        state = HOME / "sandbox"
+        assert wait_until(lambda: state.is_dir() and any(f.suffix == ".json" for f in state.iterdir()))
+        # the launcher is the last exec of the setpriv chain: proc.pid itself
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        assert wait_until(lambda: not any(alive(p) for p in pids), timeout=5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for p in host_processes_with(marker):
+            os.kill(p, signal.SIGKILL)
+        for f in (HOME / "sandbox").glob("*"):
+            f.unlink()  # the state of the launcher we killed
+
+
+def test_cpu_of_a_double_forked_daemon_is_counted(user: str) -> None:
+    report = HOME / "r.json"
+    done = HOME / "burnt"
+    burn = f"import time\nwhile time.process_time() < 0.6: pass\nopen({str(done)!r}, 'w').close()"
+    # the main process waits for the daemon (not its child) by the file it leaves
+    r = run_as_user("--report", str(report), "--", "sh", "-c",
+                    f"(setsid python3 -c \"$0\" &); n=0; while [ ! -e {done} ] && [ $n -lt 600 ]; "
+                    "do sleep 0.1; n=$((n+1)); done", burn, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert done.exists()
+    done.unlink()
+    data = _report(r, report)
+    assert isinstance(data["cpu_user_seconds"], float) and isinstance(data["cpu_system_seconds"], float)
+    assert data["cpu_user_seconds"] + data["cpu_system_seconds"] >= 0.6
