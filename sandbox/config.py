@@ -45,6 +45,12 @@ def _limits_policy(text: str) -> str:
     return limits_policy(text)
 
 
+def _dev(text: str) -> str:
+    if text not in ("host", "private"):
+        raise ValueError(f"invalid dev {text!r}: expected host or private")
+    return text
+
+
 def _bool(text: str) -> bool:
     low = text.strip().lower()
     if low in ("1", "true", "yes", "on"):
@@ -65,6 +71,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("timeout", lambda v: parse_seconds(v, "timeout"), "default --timeout", "--timeout"),
     Setting("kill_grace", lambda v: parse_seconds(v, "kill grace"), "default --kill-grace", "--kill-grace"),
     Setting("from_slurm", _bool, "take --mem/--cpus from the Slurm allocation", "--from-slurm"),
+    Setting("dev", _dev, "default --dev (host or private)", "--dev"),
+    Setting("seccomp", str, "default --seccomp (default, none or a profile's path)", "--seccomp"),
     Setting("accounting_log", _path, "accounting log (JSON lines); empty: none"),
     Setting("state_dir", _path, "directory of the running sandboxes' state files"),
 )
@@ -80,6 +88,8 @@ def _builtin_default(key: str) -> Any:
         return 10.0
     if key == "from_slurm":
         return False
+    if key in ("dev", "seccomp"):
+        return {"dev": "host", "seccomp": "default"}[key]
     from .privilege import current  # state_dir, accounting_log: where depends on the mode
 
     return current().builtin_default(key)

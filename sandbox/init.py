@@ -61,13 +61,16 @@ MOUNTS = Step("set up mounts", names_itself=True)
 LOOPBACK = Step("bring up the loopback interface")
 HOSTNAME = Step("set the hostname")
 START_JOB = Step("start the job")
+CLOSE_FDS = Step("close inherited descriptors")
 PREPARE_JOB = Step("prepare the job")
 SWITCH_USER = Step("switch to the job's user")
+NEW_KEYRING = Step("give the job a session keyring of its own")
 CHDIR = Step("change directory to {}")
+SECCOMP = Step("install the syscall filter")
 EXECUTE = Step("execute {}", code=EXIT_CANNOT_EXECUTE, code_if_missing=EXIT_NOT_FOUND)
 # in the order init runs them: init itself, then the job's process up to its exec
-STEPS = (JOIN_CGROUP, ARM_PARENT_DEATH, CREATE_NAMESPACES, MOUNTS, LOOPBACK, HOSTNAME, START_JOB,
-         PREPARE_JOB, SWITCH_USER, CHDIR, EXECUTE)
+STEPS = (CLOSE_FDS, JOIN_CGROUP, ARM_PARENT_DEATH, CREATE_NAMESPACES, MOUNTS, LOOPBACK, HOSTNAME, START_JOB,
+         PREPARE_JOB, SWITCH_USER, NEW_KEYRING, CHDIR, SECCOMP, EXECUTE)
 
 
 class InitConfig(NamedTuple):
@@ -82,12 +85,17 @@ class InitConfig(NamedTuple):
     unshare_flags: int
     mount_ops: tuple[mountns.SetupOp, ...]
     hostname: str | None
-    take_terminal: bool  # the launcher is in the terminal's foreground process group
     # isolation: the job's credentials and the capabilities it loses
     creds: tuple[int, int, tuple[int, ...]] | None = None  # uid, gid, groups; None: stay root
     last_cap: int = 40  # /proc/sys/kernel/cap_last_cap, read by the launcher
     net_setup: Callable[[], None] | None = None  # brings up lo in a new network namespace
     fs_fds: tuple[int, ...] = ()  # descriptors the mount plan uses; closed after it
+    # what the job must not inherit from its caller
+    keep_fds: tuple[int, ...] = ()  # --keep-fd: the caller's descriptors passed on purpose
+    keyctl_nr: int | None = None  # keyctl's syscall number here; None: keep the caller's keyrings
+    seccomp: sc.PreparedFilter | None = None  # compiled before the fork; None: --seccomp none
+    pty_slave: int = -1  # the job's own terminal (terminal.py), or -1
+    pty_replace: tuple[int, ...] = ()  # which of fds 0-2 it replaces
 
 
 def _fail(err_w: int, step: Step, e: BaseException) -> NoReturn:
@@ -104,10 +112,10 @@ def _send(fd: int, kind: str, *values: int) -> None:
 
 def main(cfg: InitConfig) -> NoReturn:
     """Entry point of the forked child; never returns."""
-    step = JOIN_CGROUP
+    step = CLOSE_FDS
     try:
-        for fd in cfg.close_fds:
-            os.close(fd)
+        _close_inherited(cfg)
+        step = JOIN_CGROUP
         # The launcher may have had signal handlers with a wakeup fd: not ours.
         signal.set_wakeup_fd(-1)
         # Join before anything else: every process of the job descends from this one,
@@ -156,8 +164,19 @@ def main(cfg: InitConfig) -> NoReturn:
         _fail(cfg.err_w, step, e)
     os.close(cfg.err_w)
     os.close(host_proc)
+    if cfg.pty_slave >= 0:
+        os.close(cfg.pty_slave)  # the job's alone: the relay sees EIO when the job is gone
     _send(cfg.status_w, wire.JOB_NS_PID, job)
     _reap(cfg.status_w, job)
+
+
+def _close_inherited(cfg: InitConfig) -> None:
+    for fd in cfg.close_fds:
+        os.close(fd)
+    # Everything else the caller left open (an fd on the execute root reaches any hidden
+    # directory through /proc/1/fd/N) goes now: init is visible to the job.
+    sc.close_all_but({0, 1, 2, cfg.err_w, cfg.status_w, cfg.go_r, *cfg.join_fds, *cfg.fs_fds, *cfg.keep_fds,
+                      cfg.pty_slave})
 
 
 def _reap(status_w: int, job: int) -> NoReturn:
@@ -206,18 +225,29 @@ def _exec_job(cfg: InitConfig, host_proc: int) -> NoReturn:
         signal.pthread_sigmask(signal.SIG_SETMASK, ())
         for sig in (signal.SIGPIPE, signal.SIGXFSZ):
             signal.signal(sig, signal.SIG_DFL)
-        if cfg.creds is not None and any(os.isatty(fd) for fd in (0, 1, 2)):
-            # A job of another user must not share the caller's controlling terminal:
-            # with it, ioctl(TIOCSTI) types commands into the caller's shell (bubblewrap's
-            # CVE-2017-5226). A session of its own has no controlling terminal.
-            os.setsid()
-        else:
-            os.setpgid(0, 0)
-            if cfg.take_terminal:
-                _take_terminal()
+        # No job shares the caller's controlling terminal: with it, ioctl(TIOCSTI)
+        # types commands into the caller's shell (bubblewrap's CVE-2017-5226), through
+        # fds 0-2 or an open of /dev/tty, and what it types runs outside the sandbox.
+        # A session of its own has no controlling terminal (/dev/tty gives ENXIO).
+        os.setsid()
+        if cfg.pty_slave >= 0:
+            sc.take_controlling_terminal(cfg.pty_slave)
+            for fd in cfg.pty_replace:
+                os.dup2(cfg.pty_slave, fd)
+            os.close(cfg.pty_slave)
+        # Only 0-2 and what the caller passed on purpose survive the exec.
+        sc.close_all_but({0, 1, 2, *cfg.keep_fds}, cloexec=True)
+        for fd in cfg.keep_fds:
+            os.set_inheritable(fd, True)
         if cfg.creds is not None:
             step = SWITCH_USER
             _drop_privileges(cfg.creds, cfg.last_cap)
+        if cfg.keyctl_nr is not None:
+            # After the switch, so that the new keyring is the job user's own. The caller's
+            # session keyring (a starter's Kerberos or AFS tokens) is out of reach, and
+            # what the job adds to its own goes when its last process does.
+            step = NEW_KEYRING
+            sc.join_new_session_keyring(cfg.keyctl_nr)
         step = CHDIR.about(cfg.cwd)
         # By path, in the new mount namespace: an inherited directory reference would
         # keep a pathless way into whatever the sandbox covers (the host's /tmp, a hidden
@@ -229,6 +259,11 @@ def _exec_job(cfg: InitConfig, host_proc: int) -> NoReturn:
             if not cfg.cwd_is_inherited:
                 raise
             os.chdir("/")
+        if cfg.seccomp is not None:
+            # Last, so that no step above runs filtered; the kernel takes it after
+            # no_new_privs (a --user job) or from CAP_SYS_ADMIN (a root job).
+            step = SECCOMP
+            sc.install_seccomp(cfg.seccomp)
         step = EXECUTE.about(cfg.argv[0])
         os.execvp(cfg.argv[0], list(cfg.argv))
     except BaseException as e:
@@ -248,15 +283,3 @@ def _drop_privileges(creds: tuple[int, int, tuple[int, ...]], last_cap: int) -> 
     os.setresuid(uid, uid, uid)
     sc.clear_capabilities()
     sc.set_no_new_privs()
-
-
-def _take_terminal() -> None:
-    """An interactive job in its own process group must own the terminal's foreground,
-    or reading from it stops it with SIGTTIN (as tini does)."""
-    old = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
-    try:
-        os.tcsetpgrp(0, os.getpgrp())
-    except OSError:
-        pass
-    finally:
-        signal.signal(signal.SIGTTOU, old)

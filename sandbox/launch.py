@@ -71,7 +71,36 @@ def build_spec(command: tuple[str, ...], opts: dict[str, Any]) -> JobSpec:
         report_format=opts.get("report_format") or "json",
         accounting_log=opts.get("accounting_log"),
         best_effort=opts.get("limits") == "best-effort",
+        dev=opts.get("dev") or "host",
+        devices=_devices(opts.get("dev") or "host", tuple(opts.get("devices") or ())),
+        pty=_pty(bool(opts.get("pty")), bool(opts.get("no_pty"))),
+        keep_fds=tuple(dict.fromkeys(opts.get("keep_fds") or ())),
+        seccomp=_seccomp(opts.get("seccomp") or "default", opts.get("user") is not None),
     )
+
+
+def _pty(pty: bool, no_pty: bool) -> bool | None:
+    if pty and no_pty:
+        raise errors.SandboxError("--pty and --no-pty exclude each other")
+    return True if pty else (False if no_pty else None)
+
+
+def _devices(dev: str, devices: tuple[str, ...]) -> tuple[str, ...]:
+    if devices and dev != "private":
+        raise errors.SandboxError("--device needs --dev private (with the host's /dev, every device is there)")
+    if dev != "private":
+        return ()
+    return tuple(dict.fromkeys(("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty",
+                                *devices)))
+
+
+def _seccomp(choice: str, user_job: bool) -> Any:
+    from . import seccomp
+
+    try:
+        return seccomp.load_profile(choice, user_job)
+    except seccomp.ProfileError as e:
+        raise errors.SandboxError(str(e)) from None
 
 
 def _credentials(user: str | None) -> Any:

@@ -38,6 +38,28 @@ def _report_fd(text: str) -> int:
     return fd
 
 
+def _dev(text: str) -> str:
+    if text not in ("host", "private"):
+        raise ValueError(f"invalid --dev {text!r}: expected host or private")
+    return text
+
+
+def _device(text: str) -> str:
+    path, sep, perms = text.partition(":")
+    if not path.startswith("/dev/") or (sep and perms != "rwm"):
+        # narrower rights than rwm need the devices cgroup controller, which is not wired
+        # yet: refuse rather than pretend
+        raise ValueError(f"invalid --device {text!r}: expected /dev/PATH or /dev/PATH:rwm")
+    return path
+
+
+def _keep_fd(text: str) -> int:
+    fd = _report_fd(text)
+    if fd <= 2:
+        raise ValueError(f"descriptor {fd} always reaches the job: --keep-fd is for 3 and up")
+    return fd
+
+
 LABEL_KEY_MAX = 64
 LABEL_VALUE_MAX = 256
 
@@ -133,6 +155,18 @@ RUN_OPTIONS: tuple[Option, ...] = (
            "in its own cgroup namespace.", "USER[:GROUP]", _user),
     Option(("--net",), "net", "Network: host [default] or none (a new namespace with loopback only).",
            "MODE", _net),
+    Option(("--dev",), "dev", "Devices: host [default], or private (a new /dev: null, zero, full, random, "
+           "urandom, tty, its own pts, shm, and --device nodes).", "MODE", _dev),
+    Option(("--device",), "devices", "With --dev private: pass the host's device node PATH (e.g. /dev/nvidia0) "
+           "(repeatable).", "PATH[:rwm]", _device, multiple=True),
+    Option(("--pty",), "pty", "Give the job a terminal of its own, relayed to ours (default when one of "
+           "fds 0-2 is a terminal).", is_flag=True),
+    Option(("--no-pty",), "no_pty", "Never give the job a terminal: it keeps fds 0-2 as they are, in a session "
+           "of its own.", is_flag=True),
+    Option(("--keep-fd",), "keep_fds", "Pass the caller's open descriptor N to the job (repeatable); "
+           "it receives only 0-2 otherwise.", "N", _keep_fd, multiple=True),
+    Option(("--seccomp",), "seccomp", "Syscall filter: default [default], none, or PATH of an OCI/docker "
+           "JSON profile.", "MODE"),
     Option(("--label",), "labels", "Label the sandbox KEY=VALUE (repeatable; e.g. tenant=, job=): in the report, "
            "`sandbox ps` and the accounting log.", "KEY=VALUE", parse_label, multiple=True),
     Option(("--report-format",), "report_format", "Format of --report: json [default] or classad (HTCondor names).",

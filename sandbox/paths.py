@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from typing import NamedTuple
 
 MAX_LINKS = 40  # the kernel's own limit (ELOOP)
@@ -54,11 +55,13 @@ class Prepared(NamedTuple):
     binds: tuple[Bind, ...] = ()
     hides: tuple[Resolved, ...] = ()
     devnull: Resolved | None = None  # covers hidden files
+    devices: tuple[Resolved, ...] = ()  # --dev private: the host's device nodes the job gets
 
     def resolved(self) -> tuple[Resolved, ...]:
         found = [r for r in (self.execute_dir, self.parent, self.devnull) if r is not None]
         found += [r for r, _ in self.scratch] + list(self.hides)
         found += [r for b in self.binds for r in (b.src, b.dst)]
+        found += list(self.devices)
         return tuple(found)
 
     def fds(self) -> tuple[int, ...]:
@@ -155,6 +158,31 @@ def check_execute_dir(path: str) -> None:
     check_target(path, "--execute-dir")
 
 
+def _bind(src: str, dst: str, ro: bool, keep: Callable[[Resolved], Resolved]) -> Bind:
+    flag = "--ro-bind" if ro else "--bind"
+    s = keep(resolve(src, flag))
+    d = keep(resolve(dst, flag))
+    check_target(d.path, flag)
+    if s.is_dir != d.is_dir:
+        raise UnsafePath(20, f"{flag} {src}:{dst}: one is a directory, the other is not")
+    return Bind(s, d, ro)
+
+
+def _device(path: str) -> Resolved:
+    """A host device node below /dev, to appear at the same path in a private /dev."""
+    d = resolve(path, "--device")
+    try:
+        mode = os.stat(d.fd).st_mode
+        if not (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)):
+            raise UnsafePath(19, f"--device {path}: {d.path} is not a device node")  # ENODEV
+        if not under(d.path, "/dev") or d.path == "/dev" or under(d.path, "/dev/pts") or under(d.path, "/dev/shm"):
+            raise UnsafePath(22, f"--device {path}: {d.path} is not a device of /dev")
+    except BaseException:
+        os.close(d.fd)
+        raise
+    return d
+
+
 def parse_bind(text: str) -> tuple[str, str]:
     """SRC[:DST] -> (SRC, DST); DST defaults to SRC (pure)."""
     src, sep, dst = text.partition(":")
@@ -208,6 +236,8 @@ def prepare(
     hides: tuple[str, ...],
     owner: tuple[int, int] | None,
     launcher: tuple[int, int],
+    *,
+    devices: tuple[str, ...] = (),
 ) -> Prepared:
     """Resolve and open everything; create the scratch directories last, so that a bad
     path leaves nothing behind. `owner` is the --user job's (uid, gid), None without
@@ -226,15 +256,7 @@ def prepare(
                 raise UnsafePath(20, f"--execute-dir {ex.path}: Not a directory")
             check_execute_dir(ex.path)
             parent = keep(resolve(os.path.dirname(ex.path), "--execute-dir"))
-        bound = []
-        for src, dst, ro in binds:
-            flag = "--ro-bind" if ro else "--bind"
-            s = keep(resolve(src, flag))
-            d = keep(resolve(dst, flag))
-            check_target(d.path, flag)
-            if s.is_dir != d.is_dir:
-                raise UnsafePath(20, f"{flag} {src}:{dst}: one is a directory, the other is not")
-            bound.append(Bind(s, d, ro))
+        bound = [_bind(src, dst, ro, keep) for src, dst, ro in binds]
         hidden = []
         devnull = None
         for path in hides:
@@ -256,7 +278,8 @@ def prepare(
             for name, target in SCRATCH:
                 d = keep(_scratch_dir(ex.fd, name, uid, gid, mode))
                 scratch.append((d._replace(path=f"{ex.path}/{name}"), target))
-        return Prepared(ex, parent, tuple(scratch), tuple(bound), tuple(hidden), devnull)
+        nodes = tuple(keep(_device(path)) for path in dict.fromkeys(devices))
+        return Prepared(ex, parent, tuple(scratch), tuple(bound), tuple(hidden), devnull, nodes)
     except BaseException:
         for r in opened:
             os.close(r.fd)

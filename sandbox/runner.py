@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .paths import Prepared
     from .privilege import Privilege
     from .spec import JobSpec
+    from .terminal import Relay
 
 
 class Launch:
@@ -36,6 +37,7 @@ class Launch:
         self.init_forked: int | None = None  # the report's init_host_pid: whether or not it ran
         self.cleanup_error: str | None = None  # the job's outcome stands; this goes to `error`
         self.state: records.State | None = None  # as written to the state file
+        self.relay: Relay | None = None  # the job's own terminal, when one is involved
 
     # -- the checklist -------------------------------------------------------------
 
@@ -62,6 +64,8 @@ class Launch:
             self.facts.exec_error = (errors.EXIT_SANDBOX_FAILED, f"internal error: {type(e).__name__}: {e}")
         finally:
             self.wall_seconds = round(time.monotonic() - t0, 6)
+            if self.relay is not None:
+                self.relay.finish()  # the job's last output, and the caller's terminal as it was
             if self.fs is not None:
                 self.fs.close()
             usage = self._teardown()
@@ -82,7 +86,8 @@ class Launch:
         assert self.cg is not None
         join_fds = self.cg.join_fds()
         pipes = spawn.open_pipes()
-        cfg = setup.init_config(self.spec, self.fs, ops, join_fds, pipes)
+        self.relay = setup.open_relay(self.spec)
+        cfg = setup.init_config(self.spec, self.fs, ops, join_fds, pipes, relay=self.relay)
         pid = spawn.fork_init(cfg, self.privilege)
         self.init_pid = pid
         self.init_forked = pid
@@ -91,12 +96,15 @@ class Launch:
         except BaseException:
             self.init_pid = None  # reaped
             raise
+        if self.relay is not None:
+            self.relay.start()
         # While init joins the cgroup (the first v1 migration can wait ~10 ms for an
         # RCU grace period), do our own bookkeeping instead of waiting for it.
         self._bookkeeping()
         spec = self.spec
         sup = Supervisor(
-            self.facts, self.cg, pid, timeout=spec.timeout, kill_grace=spec.kill_grace, on_started=self._on_started
+            self.facts, self.cg, pid, timeout=spec.timeout, kill_grace=spec.kill_grace, on_started=self._on_started,
+            relay=self.relay,
         )
         try:
             sup.run(pipes)

@@ -12,11 +12,8 @@ as the last step before exec: nothing of libseccomp runs after the fork.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
-import json
 import os
-import platform
 from typing import Any, NamedTuple
 
 ACT_KILL_PROCESS = 0x80000000
@@ -110,7 +107,7 @@ def default_profile(user_job: bool) -> Profile:
 def _compat_arches() -> tuple[str, ...]:
     # 32-bit programs still run on 64-bit nodes: filter their entry points too, with the
     # same rules (an unlisted architecture would be killed outright).
-    return {"x86_64": ("x86", "x32"), "aarch64": ("arm",)}.get(platform.machine(), ())
+    return {"x86_64": ("x86", "x32"), "aarch64": ("arm",)}.get(os.uname().machine, ())
 
 
 # -- OCI / docker JSON -------------------------------------------------------------
@@ -151,7 +148,7 @@ def _applies(entry: dict[str, Any], ctx: _Context) -> bool:
         if "caps" in cond:
             tests.append(all(c in ctx.caps for c in cond["caps"]) if want else any(c in ctx.caps for c in cond["caps"]))
         if "minKernel" in cond:
-            tests.append(_kernel_tuple(platform.release()) >= _kernel_tuple(str(cond["minKernel"])))
+            tests.append(_kernel_tuple(os.uname().release) >= _kernel_tuple(str(cond["minKernel"])))
         if want and not all(tests):
             return False
         if not want and tests and any(tests):
@@ -186,6 +183,8 @@ def _arg(raw: object, where: str) -> Arg:
 
 def parse_profile(text: str, user_job: bool, source: str = "profile") -> Profile:
     """An OCI runtime-spec `linux.seccomp` object or a docker profile -> Profile."""
+    import json  # only for profile files: the default launch does not pay for it
+
     try:
         doc = json.loads(text)
     except ValueError as e:
@@ -193,7 +192,7 @@ def parse_profile(text: str, user_job: bool, source: str = "profile") -> Profile
     if not isinstance(doc, dict) or "defaultAction" not in doc:
         raise ProfileError(f"{source}: not a seccomp profile (no defaultAction)")
     default = _action(doc["defaultAction"], doc.get("defaultErrnoRet"), source)
-    native = platform.machine()
+    native = os.uname().machine
     arches = [_arch_name(a) for a in doc.get("architectures") or []]
     for entry in doc.get("archMap") or []:
         if _arch_name(entry.get("architecture")) == native:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from . import init
+from . import hardening, init
 from . import syscalls as sc
 
 if TYPE_CHECKING:
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .privilege import Privilege
     from .spawn import Pipes
     from .spec import JobSpec
+    from .terminal import Relay
 
 UNSHARE_FLAGS = sc.CLONE_NEWNS | sc.CLONE_NEWIPC | sc.CLONE_NEWUTS
 
@@ -24,16 +25,16 @@ UNSHARE_FLAGS = sc.CLONE_NEWNS | sc.CLONE_NEWIPC | sc.CLONE_NEWUTS
 def prepare_fs(spec: JobSpec, privilege: Privilege) -> Prepared | None:
     """Open every path the mounts need, symlink-safely, before the fork: a path
     looked up again later is where a planted symlink would redirect the mount."""
-    if spec.execute_dir is None and not spec.binds and not spec.hide and spec.user is None:
+    if spec.execute_dir is None and not spec.binds and not spec.hide and spec.user is None and not spec.devices:
         return None
     from .paths import prepare
 
     owner = (spec.user.uid, spec.user.gid) if spec.user is not None else None
-    return prepare(spec.execute_dir, spec.binds, spec.hide, owner, privilege.scratch_owner())
+    return prepare(spec.execute_dir, spec.binds, spec.hide, owner, privilege.scratch_owner(), devices=spec.devices)
 
 
 def init_config(
-    spec: JobSpec, fs: Prepared | None, ops: list[SetupOp], join_fds: list[int], pipes: Pipes
+    spec: JobSpec, fs: Prepared | None, ops: list[SetupOp], join_fds: list[int], pipes: Pipes, *, relay: Relay | None
 ) -> init.InitConfig:
     close_in_child = [pipes.err_r, pipes.status_r, pipes.go_w, pipes.wake_r, pipes.wake_w]
     if spec.report_fd is not None:
@@ -50,12 +51,23 @@ def init_config(
         unshare_flags=UNSHARE_FLAGS | _isolation_flags(spec),
         mount_ops=tuple(ops),
         hostname=spec.hostname,
-        take_terminal=_in_foreground(),
         creds=(spec.user.uid, spec.user.gid, spec.user.groups) if spec.user is not None else None,
         last_cap=_last_cap() if spec.user is not None else 0,
         net_setup=_net_setup(spec),
         fs_fds=fs.fds() if fs is not None else (),
+        **hardening.prepare(spec),
+        pty_slave=relay.slave if relay is not None else -1,
+        pty_replace=relay.replace if relay is not None else (),
     )
+
+
+def open_relay(spec: JobSpec) -> Relay | None:
+    """A pty of the job's own when a terminal is involved; the module only then."""
+    if spec.pty is False or (spec.pty is None and not any(os.isatty(fd) for fd in (0, 1, 2))):
+        return None
+    from .terminal import Relay
+
+    return Relay.open(spec.pty)
 
 
 def _job_cwd(spec: JobSpec, fs: Prepared | None) -> str:
@@ -95,9 +107,3 @@ def _last_cap() -> int:
     except (OSError, ValueError):
         return 63  # drop_bounding_set stops at the first EINVAL
 
-
-def _in_foreground() -> bool:
-    try:
-        return os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp()
-    except OSError:
-        return False

@@ -13,6 +13,7 @@ from .limits import Limits
 
 if TYPE_CHECKING:
     from .credentials import Credentials
+    from .seccomp import Profile
 
 NAME_MAX = 64
 _NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
@@ -58,3 +59,8 @@ class JobSpec(NamedTuple):
     report_format: str = "json"  # of --report: "json" or "classad"
     accounting_log: str | None = None  # None: no accounting record
     best_effort: bool = False  # --limits best-effort: run even where a limit cannot be enforced
+    dev: str = "host"  # or "private": a new /dev with the basic nodes and `devices`
+    devices: tuple[str, ...] = ()  # --device: host device nodes a private /dev also gets
+    pty: bool | None = None  # --pty / --no-pty; None: a pty when one of fds 0-2 is a terminal
+    keep_fds: tuple[int, ...] = ()  # --keep-fd: descriptors of the caller the job receives
+    seccomp: Profile | None = None  # the job's syscall filter; None: --seccomp none

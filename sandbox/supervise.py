@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from .cgroups import JobCgroup
     from .spawn import Pipes
+    from .terminal import Relay
 
 
 @dataclass
@@ -46,6 +47,7 @@ class Supervisor:
         timeout: float | None,
         kill_grace: float,
         on_started: Callable[[], None],
+        relay: Relay | None = None,
     ) -> None:
         self.facts = facts
         self.cg = cg
@@ -53,11 +55,13 @@ class Supervisor:
         self.timeout = timeout
         self.kill_grace = kill_grace
         self.on_started = on_started
+        self.relay = relay
 
     def run(self, pipes: Pipes) -> None:
         self.pipes = pipes
         self.poller = select.poll()
-        for fd in (pipes.err_r, pipes.status_r, pipes.wake_r):
+        self.relay_fds = self.relay.poll_fds() if self.relay is not None else ()
+        for fd in (pipes.err_r, pipes.status_r, pipes.wake_r, *self.relay_fds):
             self.poller.register(fd, select.POLLIN)
         self.err_buf = b""
         self.status = wire.StatusReader()
@@ -101,8 +105,15 @@ class Supervisor:
 
     def _readable(self, fd: int, now: float) -> None:
         pipes = self.pipes
+        if fd in self.relay_fds and self.relay is not None:
+            if not self.relay.ready(fd):
+                self.poller.unregister(fd)
+            return
         if fd == pipes.wake_r:
             for signum in os.read(fd, 64):
+                if signum == signal.SIGWINCH and self.relay is not None:
+                    self.relay.resize()  # the caller's window changed: so does the job's
+                    continue
                 self._forward(signum)
                 if signum == signal.SIGTERM and self.kill_at is None:
                     self.kill_at = now + self.kill_grace

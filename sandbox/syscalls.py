@@ -198,6 +198,7 @@ _SECCOMP_MODE_FILTER = 2
 CLOSE_RANGE_CLOEXEC = 1 << 2
 _KEYCTL_JOIN_SESSION_KEYRING = 1
 _libc.close_range.argtypes = (ctypes.c_uint, ctypes.c_uint, ctypes.c_int)
+_TIOCSCTTY = 0x540E
 
 
 class _SockFprog(ctypes.Structure):
@@ -237,6 +238,11 @@ def close_all_but(keep: frozenset[int] | set[int], cloexec: bool = False) -> Non
             close_range(start, fd - 1, cloexec)
         start = max(start, fd + 1)
     close_range(start, 0xFFFFFFFF, cloexec)
+
+
+def take_controlling_terminal(fd: int) -> None:
+    """Make the terminal at `fd` this session leader's controlling terminal."""
+    _check(_libc.ioctl(fd, ctypes.c_ulong(_TIOCSCTTY), ctypes.c_int(0)), "TIOCSCTTY")
 
 
 def join_new_session_keyring(keyctl_nr: int) -> None:

@@ -24,10 +24,18 @@ BIND = "bind"  # a copy of the tree at src_fd, with `attrs` (MOUNT_ATTR_*), on d
 EMPTY = "empty"  # an empty read-only tmpfs on dst_fd; with `keep`, a copy of src_fd at dst/keep
 SETATTR = "setattr"  # set `attrs` on the mount at the path dst and every mount below it
 REOPEN = "reopen"  # re-walk dst in the new mount namespace; must be the object at dst_fd
+DETACH = "detach"  # a copy of the tree at src_fd, taken now, replaces src_fd (for BIND_DETACHED)
+BIND_DETACHED = "bind-detached"  # the copy DETACH took at src_fd, with `attrs`, on dst_fd (or the path dst)
+FILE = "file"  # an empty file at the path dst (a mount point for a device node)
+SYMLINK = "symlink"  # a symlink at dst pointing to src
+
+# Directories the sandbox covers with private ones: a bind of them (or of what is below
+# them) must show the host's, so it is copied before they are covered.
+_COVERED = ("/tmp", "/var/tmp", "/dev/shm")
 
 
 class SetupOp(NamedTuple):
-    kind: str  # MOUNT, MKDIR, BIND, EMPTY, SETATTR or REOPEN (above)
+    kind: str  # MOUNT, MKDIR, BIND, EMPTY, SETATTR, REOPEN, DETACH, BIND_DETACHED, FILE or SYMLINK
     dst: str
     src: str | None = None
     fstype: str | None = None
@@ -43,8 +51,14 @@ class SetupOp(NamedTuple):
     def describe(self) -> str:
         if self.kind == MKDIR:
             return f"create directory {self.dst}"
-        if self.kind == BIND:
+        if self.kind == FILE:
+            return f"create {self.dst}"
+        if self.kind == SYMLINK:
+            return f"link {self.dst} to {self.src}"
+        if self.kind in (BIND, BIND_DETACHED):
             return f"bind-mount {self.src} on {self.dst}"
+        if self.kind == DETACH:
+            return f"copy {self.src} before the sandbox covers it"
         if self.kind == EMPTY:
             return f"hide {self.dst}" + (f" except {self.keep}" if self.keep else "")
         if self.kind == SETATTR:
@@ -63,21 +77,18 @@ class SetupOp(NamedTuple):
 _TMP_SUBDIRS = (("tmp", "/tmp"), ("var-tmp", "/var/tmp"), ("shm", "/dev/shm"))
 
 
+# A proc instance of the new PID namespace: ps inside sees only the job.
+_PROC_OP = SetupOp(MOUNT, "/proc", src="proc", fstype="proc", flags=sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,
+                   why="ps shows only the job")
+
+
 def plan(spec: JobSpec, fs: Prepared | None = None) -> list[SetupOp]:
     ops = [
         # Before anything else: nothing mounted below may propagate to the host (a
         # shared / would leak every tmpfs to the host). Slave, not private: a disk the
         # host unmounts later still disappears inside too.
         SetupOp(MOUNT, "/", flags=sc.MS_REC | sc.MS_SLAVE, why="no propagation to the host"),
-        # A proc instance of the new PID namespace: ps inside sees only the job.
-        SetupOp(
-            MOUNT,
-            "/proc",
-            src="proc",
-            fstype="proc",
-            flags=sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,
-            why="ps shows only the job",
-        ),
+        _PROC_OP,
     ]
     size = f",size={spec.limits.tmp_bytes}" if spec.limits.tmp_bytes else ""
     if fs is not None:
@@ -85,6 +96,14 @@ def plan(spec: JobSpec, fs: Prepared | None = None) -> list[SetupOp]:
         # refuses to clone or mount on the launcher's (host) mounts from the job's new
         # namespace: each one is replaced by the same object reached in the new one.
         ops[1:1] = [SetupOp(REOPEN, r.path, dst_fd=r.fd, why="descriptors of the new namespace") for r in fs.resolved()]
+        # Copied right after: a copy taken when its bind comes would carry the private
+        # /tmp mounted on top of it (open_tree copies the mounts stacked at its source).
+        ops[1 + len(fs.resolved()):1 + len(fs.resolved())] = [
+            SetupOp(DETACH, b.src.path, src=b.src.path, src_fd=b.src.fd, why="the host's, not the private one")
+            for b in fs.binds if _covered(b.src.path)
+        ] + [SetupOp(DETACH, d.path, src=d.path, src_fd=d.fd, why="a device the job gets") for d in fs.devices]
+    if fs is not None and fs.devices:
+        ops[ops.index(_PROC_OP) + 1:ops.index(_PROC_OP) + 1] = _private_dev(fs)
     if fs is not None and fs.execute_dir is not None:
         return ops + _isolation_ops(spec, fs, size)
     ops.append(
@@ -129,8 +148,9 @@ def _isolation_ops(spec: JobSpec, fs: Prepared, tmp_size: str | None) -> list[Se
         )
     for b in fs.binds:
         attrs = _BIND_ATTRS | (sc.MOUNT_ATTR_RDONLY if b.read_only else 0)
+        kind = BIND_DETACHED if _covered(b.src.path) else BIND
         ops.append(
-            SetupOp(BIND, b.dst.path, src=b.src.path, src_fd=b.src.fd, dst_fd=b.dst.fd, attrs=attrs, why="--bind")
+            SetupOp(kind, b.dst.path, src=b.src.path, src_fd=b.src.fd, dst_fd=b.dst.fd, attrs=attrs, why="--bind")
         )
     for h in fs.hides:
         if h.is_dir:
@@ -159,6 +179,41 @@ def _isolation_ops(spec: JobSpec, fs: Prepared, tmp_size: str | None) -> list[Se
         # /proc/self/cgroup says "/").
         ops.append(SetupOp(SETATTR, "/sys/fs/cgroup", attrs=sc.MOUNT_ATTR_RDONLY, why="cgroups read-only"))
     return ops
+
+
+_DEV_ATTRS = sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NOEXEC
+
+
+def _private_dev(fs: Prepared) -> list[SetupOp]:
+    """bubblewrap's --dev: a tmpfs /dev holding binds of chosen host nodes (nodev, so a
+    node made there with mknod opens nothing), a devpts instance of its own (the host's
+    terminals are not in it), and the links programs expect."""
+    ops = [SetupOp(MOUNT, "/dev", src="sandbox-dev", fstype="tmpfs", flags=sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,
+                   data="mode=755,size=64k", why="a private /dev")]
+    for sub, mode in (("pts", 0o755), ("shm", 0o1777)):
+        ops.append(SetupOp(MKDIR, f"/dev/{sub}", mode=mode))
+    made: set[str] = {"/dev", "/dev/pts", "/dev/shm"}
+    for d in fs.devices:
+        parent = d.path.rsplit("/", 1)[0]
+        missing = []
+        while parent not in made:
+            missing.append(parent)
+            parent = parent.rsplit("/", 1)[0]
+        for p in reversed(missing):
+            ops.append(SetupOp(MKDIR, p))
+            made.add(p)
+        ops.append(SetupOp(FILE, d.path))
+        ops.append(SetupOp(BIND_DETACHED, d.path, src=d.path, src_fd=d.fd, attrs=_DEV_ATTRS, why="--device"))
+    ops.append(SetupOp(MOUNT, "/dev/pts", src="devpts", fstype="devpts", flags=sc.MS_NOSUID | sc.MS_NOEXEC,
+                       data="newinstance,ptmxmode=0666,mode=620,gid=5", why="terminals of its own"))
+    links = (("pts/ptmx", "/dev/ptmx"), ("/proc/self/fd", "/dev/fd"), ("/proc/self/fd/0", "/dev/stdin"),
+             ("/proc/self/fd/1", "/dev/stdout"), ("/proc/self/fd/2", "/dev/stderr"))
+    ops.extend(SetupOp(SYMLINK, dst, src=src) for src, dst in links)
+    return ops
+
+
+def _covered(path: str) -> bool:
+    return any(path == top or path.startswith(top + "/") for top in _COVERED)
 
 
 def _reopen(op: SetupOp) -> None:
@@ -193,6 +248,19 @@ def _execute_fd_op(op: SetupOp) -> None:
                 sc.move_mount_to(tree, sc.AT_FDCWD, op.dst)
         finally:
             os.close(tree)
+    elif op.kind == DETACH:
+        tree = sc.open_tree_clone(op.src_fd)
+        try:
+            os.dup2(tree, op.src_fd)  # the plan refers to src_fd: same number, the copy
+        finally:
+            os.close(tree)
+    elif op.kind == BIND_DETACHED:
+        if op.attrs:
+            sc.mount_setattr(op.src_fd, op.attrs)
+        if op.dst_fd >= 0:
+            sc.move_mount_to(op.src_fd, op.dst_fd)
+        else:  # in a directory the sandbox made (the private /dev): nobody else controls it
+            sc.move_mount_to(op.src_fd, sc.AT_FDCWD, op.dst)
     elif op.kind == EMPTY:
         attrs = sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV | sc.MOUNT_ATTR_NOEXEC
         mnt = sc.new_tmpfs((("mode", "0755"), ("size", "4k")), attrs)
@@ -220,7 +288,11 @@ def execute(ops: list[SetupOp]) -> None:
             if op.kind == MKDIR:
                 os.mkdir(op.dst)
                 os.chmod(op.dst, op.mode)  # mkdir applies the umask; a sticky 1777 must be exact
-            elif op.kind in (BIND, EMPTY, SETATTR, REOPEN):
+            elif op.kind == FILE:
+                os.close(os.open(op.dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
+            elif op.kind == SYMLINK:
+                os.symlink(op.src or "", op.dst)
+            elif op.kind in (BIND, EMPTY, SETATTR, REOPEN, DETACH, BIND_DETACHED):
                 _execute_fd_op(op)
             else:
                 sc.mount(op.src, op.dst, op.fstype, op.flags, op.data)

@@ -90,3 +90,21 @@ def test_user_makes_cgroup_tree_read_only() -> None:
 def test_describe_names_user_paths_not_descriptors() -> None:
     for op in m.plan(JobSpec(argv=("true",), name="t"), prepared()):
         assert "/proc/self/fd" not in op.describe()
+
+
+def test_a_bind_of_a_covered_directory_is_copied_before_it_is_covered() -> None:
+    host_tmp = Resolved("/tmp/data", 20, True)
+    other = Resolved("/srv/data", 21, True)
+    dst1, dst2 = Resolved("/mnt/a", 22, True), Resolved("/mnt/b", 23, True)
+    for fs in (prepared(binds=(Bind(host_tmp, dst1, False), Bind(other, dst2, True))),
+               Prepared(binds=(Bind(host_tmp, dst1, False), Bind(other, dst2, True)))):
+        ops = m.plan(JobSpec(argv=("true",), name="t"), fs)
+        kinds = [op.kind for op in ops]
+        detach = kinds.index(m.DETACH)
+        assert ops[detach].src_fd == 20 and kinds.count(m.DETACH) == 1
+        assert detach == max(i for i, k in enumerate(kinds) if k == m.REOPEN) + 1
+        covering = [i for i, op in enumerate(ops) if op.dst == "/tmp" and i != detach]
+        assert covering and detach < min(covering)
+        moved = next(op for op in ops if op.kind == m.BIND_DETACHED)
+        assert (moved.src_fd, moved.dst_fd) == (20, 22)
+        assert next(op for op in ops if op.kind == m.BIND and op.why == "--bind").src_fd == 21  # copied when bound

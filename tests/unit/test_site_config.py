@@ -107,3 +107,15 @@ def test_from_slurm_under_options_and_outside_slurm(site, monkeypatch):
     monkeypatch.delenv("SLURM_JOB_ID")
     with pytest.raises(errors.SandboxError, match="not inside a Slurm job"):
         config.effective(opts("--from-slurm"))
+
+
+def test_a_site_makes_private_dev_and_its_filter_the_default(site, monkeypatch):
+    assert config.effective(opts())["dev"] == config.Value("host", "default")
+    assert config.effective(opts())["seccomp"] == config.Value("default", "default")
+    site.write_text('dev = "private"\nseccomp = "/etc/sandbox/seccomp.json"\n')
+    applied = config.apply(opts())
+    assert applied["dev"] == "private" and applied["seccomp"] == "/etc/sandbox/seccomp.json"
+    assert config.apply(opts("--dev", "host", "--seccomp", "none"))["dev"] == "host"
+    site.write_text('dev = "maybe"\n')
+    with pytest.raises(errors.SandboxError, match="host or private"):
+        config.load_file()
