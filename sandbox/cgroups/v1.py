@@ -57,6 +57,23 @@ def _blkio_bytes(directory: str) -> tuple[int | None, int | None]:
     return read, write
 
 
+def split_runtime(total_ns: int | None, user: float, system: float) -> tuple[float, float]:
+    """(user, system) seconds: cpuacct.usage, the scheduler's exact runtime in ns, split
+    in the ratio of the user/system figures. Those are tick samples (usage_user/usage_sys
+    and cpuacct.stat alike): lost or skewed ticks undercount them (half the CPU time of a
+    slow VM), so only their ratio is trusted, as the kernel's cputime_adjust does for
+    rusage. Without cpuacct.usage the samples are all there is."""
+    if total_ns is None:
+        return user, system
+    total = total_ns / 1e9
+    if system <= 0:
+        return total, 0.0
+    if user <= 0:
+        return 0.0, total
+    user_part = total * user / (user + system)
+    return user_part, total - user_part
+
+
 class V1Part:
     """The v1 hierarchies of one job cgroup: used alone (pure v1) or inside the hybrid."""
 
@@ -186,12 +203,13 @@ class V1Part:
             user_ns = read_int(os.path.join(acct_dir, "cpuacct.usage_user"))
             sys_ns = read_int(os.path.join(acct_dir, "cpuacct.usage_sys"))
             if user_ns is not None and sys_ns is not None:
-                u["cpu_user_seconds"], u["cpu_system_seconds"] = user_ns / 1e9, sys_ns / 1e9
+                user, system = user_ns / 1e9, sys_ns / 1e9
             else:  # old kernels: USER_HZ ticks only
                 ticks = acct.acct_stat or {}
                 hz = os.sysconf("SC_CLK_TCK")
-                u["cpu_user_seconds"] = int(ticks.get("user", 0)) / hz
-                u["cpu_system_seconds"] = int(ticks.get("system", 0)) / hz
+                user, system = int(ticks.get("user", 0)) / hz, int(ticks.get("system", 0)) / hz
+            total_ns = read_int(os.path.join(acct_dir, "cpuacct.usage"))
+            u["cpu_user_seconds"], u["cpu_system_seconds"] = split_runtime(total_ns, user, system)
         return Usage(**u)  # type: ignore[arg-type]
 
     def exists(self) -> bool:

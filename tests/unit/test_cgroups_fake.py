@@ -268,6 +268,8 @@ def test_v1_create_limits_usage_remove(kernel_factory, comount: bool) -> None:  
     Path(paths["memory"], "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n")
     Path(paths["pids"], "pids.peak").write_text("7\n")
     Path(paths["pids"], "pids.current").write_text("0\n")
+    # the tick samples saw half the runtime: their ratio splits the exact total
+    Path(paths["cpuacct"], "cpuacct.usage").write_text("3500000000\n")
     Path(paths["cpuacct"], "cpuacct.usage_user").write_text("1500000000\n")
     Path(paths["cpuacct"], "cpuacct.usage_sys").write_text("250000000\n")
     Path(paths["blkio"], "blkio.throttle.io_service_bytes_recursive").write_text(
@@ -275,7 +277,7 @@ def test_v1_create_limits_usage_remove(kernel_factory, comount: bool) -> None:  
     )
     u = cg.usage()
     assert u == Usage(
-        cpu_user_seconds=1.5, cpu_system_seconds=0.25, memory_current_bytes=4096, memory_peak_bytes=100 << 20,
+        cpu_user_seconds=3.0, cpu_system_seconds=0.5, memory_current_bytes=4096, memory_peak_bytes=100 << 20,
         memory_limit_bytes=50 << 20, oom_kills=2, io_read_bytes=4097, io_write_bytes=8194, pids_current=0,
         pids_peak=7,
     )
@@ -294,6 +296,7 @@ def test_v1_usage_unlimited_and_tick_fallback(kernel_factory) -> None:  # type: 
     paths = cg.paths()
     hz = os.sysconf("SC_CLK_TCK")
     Path(paths["cpuacct"], "cpuacct.stat").write_text(f"user {3 * hz}\nsystem {hz // 2}\n")
+    os.unlink(os.path.join(paths["cpuacct"], "cpuacct.usage"))  # and no exact total either
     u = cg.usage()
     assert u.memory_limit_bytes is None  # the kernel's "unlimited" is not a limit
     assert u.cpu_user_seconds == 3.0 and u.cpu_system_seconds == (hz // 2) / hz
@@ -747,3 +750,14 @@ def test_v2_launcher_born_in_a_leaf_nests_beside_it(kernel_factory) -> None:  # 
     k.proc_cgroup = k.proc_cgroup.replace("0::/condor/slot1", f"0::/condor/slot1/{v2mod.LEAF}")
     cg = job_cgroup("born", None, k.layout())
     assert cg.primary_path() == f"{k.root}/unified/condor/slot1/sandbox-born"
+
+
+@pytest.mark.parametrize(("total", "user", "system", "expected"), [
+    (None, 1.5, 0.25, (1.5, 0.25)),  # no cpuacct.usage: the samples as they are
+    (3_500_000_000, 1.5, 0.25, (3.0, 0.5)),  # lost ticks: the exact total in their ratio
+    (2_000_000_000, 0.0, 0.0, (2.0, 0.0)),  # too short for a tick: all user, as cputime_adjust
+    (2_000_000_000, 0.0, 0.5, (0.0, 2.0)),
+    (0, 0.0, 0.0, (0.0, 0.0)),
+])
+def test_v1_cpu_is_the_exact_runtime_split_by_the_samples(total, user, system, expected) -> None:  # type: ignore[no-untyped-def]
+    assert v1mod.split_runtime(total, user, system) == pytest.approx(expected)
