@@ -95,7 +95,7 @@ def test_pure_v1_job_is_killed_through_the_freezer_and_reported_as_v1(tmp_path: 
     script = f"cat /proc/self/cgroup; {escapees(marker)}"
     p, r = run_report(tmp_path, "--timeout", "3", "--pids", "200", "--mem", "128M", "--", "sh", "-c", script,
                       timeout=120)
-    assert p.returncode == 124 and r["status"] == "timeout", p.stderr
+    assert p.returncode == 124 and r["status"] == "timed_out", p.stderr
     assert r["cgroup_version"] == "v1"
     lines = dict(line.split(":", 2)[1:] for line in p.stdout.splitlines() if line.count(":") >= 2)
     # in its own cgroup in every hierarchy the launcher uses, the freezer's included
