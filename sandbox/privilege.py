@@ -99,19 +99,45 @@ class Privilege(ABC):
 class Root(Privilege):
     name = "root"
 
+    def __init__(self, uid: int, euid: int, egid: int) -> None:
+        super().__init__(uid, euid, egid)
+        self._no_cgroup: str | None = None  # why no cgroup can be made, once asked
+        self._asked = False
+
+    def no_cgroup(self) -> str | None:
+        """Why root can make no cgroup here (a container's read-only or absent
+        /sys/fs/cgroup): then the job is tracked by its PID namespace instead."""
+        if not self._asked:
+            from .cgroups import unusable
+
+            self._no_cgroup, self._asked = unusable(), True
+        return self._no_cgroup
+
     def check_usable(self) -> None:
         pass
+
+    def check_limits(self, limits: Limits, best_effort: bool) -> None:
+        from .tracking import refuse_unenforced
+
+        if self.no_cgroup() is not None:
+            refuse_unenforced(limits, best_effort, f"{self.no_cgroup()}", "give the launcher a writable cgroup")
 
     def job_cgroup(self, name: str, parent: str | None) -> JobCgroup:
         from .cgroups import job_cgroup
 
+        if parent is None and self.no_cgroup() is not None:
+            from .tracking import PidNamespaceJob
+
+            return PidNamespaceJob(name)
         return job_cgroup(name, parent)
 
     def before_pid_namespace(self) -> None:
         pass  # root may make every namespace as it is
 
     def hand_over(self, cg: JobCgroup, init_pid: int) -> None:
-        pass  # init joins the cgroup itself, through the fds it inherits
+        # A cgroup of root's: init joins it itself, through the fds it inherits, and
+        # attach() does nothing; a PID-namespace job takes its pidfd on init here.
+        cg.attach(init_pid)
 
     def reclaim_stale(self) -> None:
         from . import gc
@@ -184,15 +210,9 @@ class Rootless(SwitchboardMember):
             raise SandboxError(f"{self.why}; and {problem}" if self.why else problem, EXIT_SANDBOX_FAILED)
 
     def check_limits(self, limits: Limits, best_effort: bool) -> None:
-        from .tracking import unenforced
+        from .tracking import refuse_unenforced
 
-        flags = unenforced(limits)
-        if flags and not best_effort:
-            raise SandboxError(
-                f"{'/'.join(flags)} cannot be enforced without a cgroup ({self.why}); run as root or a "
-                "switchboard member, or pass --limits best-effort to run with them unenforced",
-                EXIT_SANDBOX_FAILED,
-            )
+        refuse_unenforced(limits, best_effort, self.why, "run as root or a switchboard member")
 
     def job_cgroup(self, name: str, parent: str | None) -> JobCgroup:
         from .cgroups import CgroupError

@@ -46,6 +46,19 @@ def unenforced(limits: Limits) -> tuple[str, ...]:
     return tuple(flag for flag, value in wanted if value is not None)
 
 
+def refuse_unenforced(limits: Limits, best_effort: bool, why: str, fix: str) -> None:
+    """The one line that refuses limits no cgroup can enforce here: the reason, and the
+    two ways out (the fix for this mode, or --limits best-effort)."""
+    flags = unenforced(limits)
+    if flags and not best_effort:
+        from .errors import SandboxError
+
+        raise SandboxError(
+            f"{'/'.join(flags)} cannot be enforced without a cgroup ({why}); {fix}, "
+            "or pass --limits best-effort to run with them unenforced"
+        )
+
+
 class PidNamespaceJob(JobCgroup):
     """The JobCgroup interface over a PID namespace: what the runner, the supervisor
     and the teardown need (create, hand-over, kill, usage), without a cgroup."""

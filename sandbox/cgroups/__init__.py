@@ -38,4 +38,25 @@ def job_cgroup(
     raise CgroupError("no cgroup hierarchy is mounted on this host")
 
 
-__all__ = ["PREFIX", "CgroupError", "JobCgroup", "Layout", "Usage", "detect", "job_cgroup"]
+def unusable(layout: Layout | None = None) -> str | None:
+    """Why no job cgroup can be made in the launcher's own cgroups (None: it can):
+    no hierarchy mounted, or one that is read-only or not ours to write, as
+    /sys/fs/cgroup is in many containers."""
+    import os
+
+    try:
+        probe = job_cgroup("probe", None, layout)
+    except CgroupError as e:
+        return str(e)
+    for directory in probe.paths().values():
+        parent = os.path.dirname(directory)
+        if not os.access(parent, os.W_OK):
+            try:
+                read_only = bool(os.statvfs(parent).f_flag & os.ST_RDONLY)
+            except OSError:
+                read_only = False
+            return f"{parent} is {'read-only' if read_only else 'not writable'}"
+    return None
+
+
+__all__ = ["PREFIX", "CgroupError", "JobCgroup", "Layout", "Usage", "detect", "job_cgroup", "unusable"]

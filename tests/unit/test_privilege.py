@@ -33,6 +33,9 @@ def _as(
     return privilege.current()
 
 
+NOT_MEMBER = "user u may not use the switchboard (/x): not a member of group 'sandbox'"
+
+
 def test_effective_root_is_root(monkeypatch: pytest.MonkeyPatch) -> None:
     p = _as(monkeypatch, 0, 0, 0)
     assert isinstance(p, privilege.Root)
@@ -77,7 +80,7 @@ def test_a_user_cannot_choose_the_cgroup_parent(monkeypatch: pytest.MonkeyPatch)
         user.job_cgroup("j", "/sys/fs/cgroup/elsewhere")
 
 
-def test_a_user_hands_init_over_through_the_cgroup_and_root_does_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_init_is_handed_over_through_the_job_cgroup_in_every_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     attached: list[int] = []
 
     class Fake:
@@ -85,9 +88,30 @@ def test_a_user_hands_init_over_through_the_cgroup_and_root_does_nothing(monkeyp
             attached.append(pid)
 
     _as(monkeypatch, 0, 0, 0).hand_over(Fake(), 41)  # type: ignore[arg-type]
-    assert attached == []
     _as(monkeypatch, 1000, 1000, 1000).hand_over(Fake(), 42)  # type: ignore[arg-type]
-    assert attached == [42]
+    _as(monkeypatch, 1000, 1000, 1000, refusal=NOT_MEMBER).hand_over(Fake(), 43)  # type: ignore[arg-type]
+    assert attached == [41, 42, 43]
+    # what attach does is the backend's: nothing for root's own cgroups, which init joins itself
+    from sandbox.cgroups import job_cgroup
+
+    assert job_cgroup("x", "/p").attach(44) is None
+
+
+def test_root_without_a_usable_cgroup_tracks_by_pid_namespace(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sandbox.cgroups
+
+    monkeypatch.setattr(sandbox.cgroups, "unusable", lambda: "/sys/fs/cgroup/memory is read-only")
+    root = _as(monkeypatch, 0, 0, 0)
+    assert isinstance(root.job_cgroup("j", None), PidNamespaceJob)
+    assert not isinstance(root.job_cgroup("j", "/batch"), PidNamespaceJob)  # asked for: never a fallback
+    with pytest.raises(SandboxError, match=r"^--mem cannot be enforced without a cgroup \(/sys/fs/cgroup/memory "
+                       r"is read-only\); give the launcher a writable cgroup, or pass --limits best-effort"):
+        root.check_limits(Limits(memory_bytes=1 << 20), best_effort=False)
+    root.check_limits(Limits(memory_bytes=1 << 20), best_effort=True)
+    monkeypatch.setattr(sandbox.cgroups, "unusable", lambda: None)
+    root = _as(monkeypatch, 0, 0, 0)
+    root.check_limits(Limits(memory_bytes=1 << 20), best_effort=False)
+    assert not isinstance(root.job_cgroup("j", None), PidNamespaceJob)
 
 
 def test_only_root_reclaims_at_launch(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -99,9 +123,6 @@ def test_only_root_reclaims_at_launch(monkeypatch: pytest.MonkeyPatch) -> None:
     assert calls == []
     _as(monkeypatch, 0, 0, 0).reclaim_stale()
     assert calls == [1.0]
-
-
-NOT_MEMBER = "user u may not use the switchboard (/x): not a member of group 'sandbox'"
 
 
 def test_a_user_the_switchboard_refuses_is_rootless(monkeypatch: pytest.MonkeyPatch) -> None:
