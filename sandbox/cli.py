@@ -117,11 +117,16 @@ def sandbox_group(debug: bool) -> None:
 
 @sandbox_group.command("gc")
 @click.option("--cgroup-parent", metavar="PATH", help="Also look for orphan cgroups under this parent.")
-def gc_command(cgroup_parent: str | None) -> None:
+@click.option("--stale-only", is_flag=True,
+              help="Only sandboxes with a state file whose launcher is gone; no search for orphan cgroups "
+                   "(a batch system's epilog: nothing of a job that is starting).")
+def gc_command(cgroup_parent: str | None, stale_only: bool) -> None:
     """Reclaim the cgroups and state of sandboxes whose launcher died (e.g. SIGKILL)."""
     from . import gc
 
-    names = gc.reclaim_stale() + gc.reclaim_orphans(cgroup_parent)
+    names = gc.reclaim_stale()
+    if not stale_only:
+        names += gc.reclaim_orphans(cgroup_parent)
     for name in names:
         click.echo(f"reclaimed {name}")
     if not names:

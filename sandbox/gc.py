@@ -71,7 +71,11 @@ def reclaim_orphans(parent: str | None = None, layout: Layout | None = None, dir
         for entry in entries:
             if entry.name.startswith(PREFIX) and entry.is_dir(follow_symlinks=False):
                 name = entry.name[len(PREFIX) :]
-                if name not in known and time.time() - entry.stat().st_mtime > ORPHAN_MIN_AGE:
+                try:
+                    age = time.time() - entry.stat().st_mtime
+                except FileNotFoundError:
+                    continue  # removed meanwhile by its own launcher
+                if name not in known and age > ORPHAN_MIN_AGE:
                     seen.add(name)
     reclaimed = []
     for name in sorted(seen):
