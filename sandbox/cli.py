@@ -81,6 +81,10 @@ def _standalone(command: click.Command, prog: str, argv: list[str] | None) -> No
         if debug:
             raise
         _fail(prog, f"internal error: {type(e).__name__}: {e} (run with --debug for a traceback)")
+    if isinstance(rv, int) and rv < 0:  # sandbox-run: the job died of signal -rv
+        sys.stdout.flush()
+        sys.stderr.flush()
+        errors.exit_like(rv)
     sys.exit(rv if isinstance(rv, int) else 0)
 
 

@@ -138,6 +138,6 @@ def run_main(argv: list[str] | None = None) -> NoReturn:
     # we need.
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(code)
+    errors.exit_like(code)
 
 

@@ -53,6 +53,17 @@ def decide(
     return Outcome(report.STATUS_FAILED, None, None, errors.EXIT_SANDBOX_FAILED)
 
 
+def process_exit(record: records.Report) -> int:
+    """How sandbox-run itself ends, for errors.exit_like: -N when the job died of signal
+    N (an OOM kill is SIGKILL even when a shell in between exited 137 itself), else the
+    report's returncode. Our own --timeout stays 124: that outcome is sandbox-run's."""
+    if record.status == report.STATUS_OOM:
+        return -signal.SIGKILL
+    if record.status == report.STATUS_SIGNALED and record.signal:
+        return -record.signal
+    return record.returncode
+
+
 def build_report(
     spec: JobSpec,
     facts: Facts,

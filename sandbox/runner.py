@@ -213,8 +213,9 @@ class Launch:
         launch = outcome.LaunchFacts(self.cg, self.init_forked, self.started_at, self.wall_seconds, self.cleanup_error)
         record = outcome.build_report(self.spec, self.facts, init_status, usage, launch)
         sinks.finished(self.spec, record, self.verbose)
-        return record.returncode
+        return outcome.process_exit(record)
 
 
 def run(spec: JobSpec, privilege: Privilege, verbose: bool = False) -> int:
+    """The launch; its exit for errors.exit_like (-N: the job died of signal N)."""
     return Launch(spec, privilege, verbose).run()

@@ -43,8 +43,18 @@ def run_report(
     assert isinstance(data, dict)
     missing = set(REPORT_KEYS) - set(data)
     assert not missing, f"report lacks {missing}"
-    assert data["returncode"] == p.returncode
+    assert p.returncode == exit_of(data)
     return p, data
+
+
+def exit_of(report: dict[str, Any]) -> int:
+    """sandbox-run's own end for a report: death by the job's signal (SIGKILL for an OOM
+    kill), else the report's returncode; a shell sees 128+N either way."""
+    if report["status"] == "oom_killed":
+        return -signal.SIGKILL
+    if report["status"] == "signaled":
+        return -int(report["signal"])
+    return int(report["returncode"])
 
 
 class Running:
@@ -307,8 +317,8 @@ def test_own_exit_code(tmp_path: Path, script: str, code: int) -> None:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL, signal.SIGUSR1, signal.SIGSEGV])
 def test_death_by_signal(tmp_path: Path, sig: int) -> None:
     p, r = run_report(tmp_path, "--", "sh", "-c", f"kill -{int(sig)} $$")
-    assert p.returncode == 128 + sig
-    assert (r["status"], r["exit_code"], r["signal"]) == ("signaled", None, sig)
+    assert p.returncode == -sig  # died of it too, after writing the report
+    assert (r["status"], r["exit_code"], r["signal"], r["returncode"]) == ("signaled", None, sig, 128 + sig)
 
 
 def test_timeout(tmp_path: Path) -> None:
@@ -492,7 +502,7 @@ def test_report_when_the_launcher_gets_sigterm(tmp_path: Path) -> None:
     finally:
         running.close()
     # SIGTERM went to the job, which died of it
-    assert running.proc.returncode == 128 + signal.SIGTERM
+    assert running.proc.returncode == -signal.SIGTERM
     data = json.loads(report.read_text())
     # the file and the final event carry the same report
     assert data == {k: v for k, v in e.items() if k != "event"}
@@ -513,7 +523,7 @@ def test_report_when_the_launcher_gets_sigterm_and_the_job_ignores_it(tmp_path: 
         running.close()
     data = json.loads(report.read_text())
     assert data["status"] == e["status"]
-    assert running.proc.returncode == data["returncode"] != 0
+    assert running.proc.returncode == exit_of(data) != 0
     assert set(REPORT_KEYS) <= set(data)
 
 
