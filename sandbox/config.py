@@ -189,8 +189,23 @@ def _tasks_on_node(env: Mapping[str, str]) -> int:
     return max(1, counts[node] if node < len(counts) else counts[-1])
 
 
-def slurm_values(env: Mapping[str, str]) -> dict[str, Value]:
-    """mem and cpus of one Slurm task, from the variables srun sets. Slurm's MB are MiB."""
+def enclosing_memory_limit(cgroup_parent: str | None) -> int | None:
+    """The memory limit already in force where the sandbox will be made (Slurm's step
+    cgroup under task/cgroup); None when there is none or it cannot be read."""
+    from .cgroups import CgroupError, job_cgroup
+
+    try:
+        return job_cgroup("probe", cgroup_parent).enclosing_memory_limit()
+    except (CgroupError, OSError):
+        return None
+
+
+def slurm_values(env: Mapping[str, str], enclosing_memory: int | None = None) -> dict[str, Value]:
+    """mem and cpus of one Slurm task. The memory is the step's own cgroup limit when
+    Slurm constrains it (task/cgroup): the sandbox then adds no limit of its own, so an
+    OOM kill happens, and is counted, where Slurm looks; its report states that limit.
+    Only without one does it come from the variables srun sets (Slurm's MB are MiB),
+    which a plain srun does not set and which inside sbatch are the job's, not the step's."""
     if "SLURM_JOB_ID" not in env:
         raise errors.SandboxError("--from-slurm: not inside a Slurm job (SLURM_JOB_ID is not set)")
     out: dict[str, Value] = {}
@@ -199,10 +214,11 @@ def slurm_values(env: Mapping[str, str]) -> dict[str, Value]:
         cpus = int(cpus_text) if cpus_text else None
         if cpus is not None:
             out["cpus"] = Value(float(cpus), "slurm:SLURM_CPUS_PER_TASK")
-        if env.get("SLURM_MEM_PER_CPU"):
+        from_env = enclosing_memory is None
+        if from_env and env.get("SLURM_MEM_PER_CPU"):
             mib = int(env["SLURM_MEM_PER_CPU"]) * (cpus or 1)
             out["mem"] = Value(mib * 1024 * 1024, "slurm:SLURM_MEM_PER_CPU")
-        elif env.get("SLURM_MEM_PER_NODE"):
+        elif from_env and env.get("SLURM_MEM_PER_NODE"):
             mib = int(env["SLURM_MEM_PER_NODE"]) // _tasks_on_node(env)
             out["mem"] = Value(mib * 1024 * 1024, "slurm:SLURM_MEM_PER_NODE")
     except ValueError as e:
@@ -232,7 +248,8 @@ def effective(options: Mapping[str, Any] | None = None, env: Mapping[str, str] |
             value = Value(opt, f"option:{s.option}")
         out[s.key] = value
     if out["from_slurm"].value:
-        for key, value in slurm_values(env).items():
+        enclosing = enclosing_memory_limit(options.get("cgroup_parent"))
+        for key, value in slurm_values(env, enclosing).items():
             if options.get(key) is None:
                 out[key] = value
     labels = dict(from_file.get("labels", {}))

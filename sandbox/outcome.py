@@ -53,6 +53,14 @@ def decide(
     return Outcome(report.STATUS_FAILED, None, None, errors.EXIT_SANDBOX_FAILED)
 
 
+def effective_limit(requested: int | None, enclosing: int | None) -> int | None:
+    """The memory the job could have: its own limit, or a tighter one it runs inside
+    (a 2G sandbox in a 500M Slurm step is killed at 500M)."""
+    if requested is None or enclosing is None:
+        return requested if enclosing is None else enclosing
+    return min(requested, enclosing)
+
+
 def process_exit(record: records.Report) -> int:
     """How sandbox-run itself ends, for errors.exit_like: -N when the job died of signal
     N (an OOM kill is SIGKILL even when a shell in between exited 137 itself), else the
@@ -85,7 +93,9 @@ def build_report(
         cpu_user_seconds=None,
         cpu_system_seconds=None,
         memory_peak_bytes=None,
-        memory_limit_bytes=None if "--mem" in getattr(cg, "not_enforced", ()) else spec.limits.memory_bytes,
+        memory_limit_bytes=effective_limit(
+            None if "--mem" in getattr(cg, "not_enforced", ()) else spec.limits.memory_bytes, launch.enclosing_memory
+        ),
         oom_kills=None,
         io_read_bytes=None,
         io_write_bytes=None,
@@ -119,3 +129,4 @@ class LaunchFacts(NamedTuple):
     started_at: float
     wall_seconds: float | None
     cleanup_error: str | None
+    enclosing_memory: int | None = None  # the tightest limit of the cgroups ours is in

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from . import errors, outcome, records, setup, sinks, spawn
 from .cgroups import CgroupError, JobCgroup, Usage
+from .limits import format_bytes
 from .ns import mount as mountns
 from .supervise import Facts, Supervisor
 
@@ -210,8 +211,15 @@ class Launch:
         return usage
 
     def _finish(self, init_status: int | None, usage: Usage) -> int:
-        launch = outcome.LaunchFacts(self.cg, self.init_forked, self.started_at, self.wall_seconds, self.cleanup_error)
+        # read at the end, off the launch path: the enclosing cgroups outlive ours
+        enclosing = self.cg.enclosing_memory_limit() if self.cg is not None else None
+        launch = outcome.LaunchFacts(self.cg, self.init_forked, self.started_at, self.wall_seconds, self.cleanup_error,
+                                     enclosing)
         record = outcome.build_report(self.spec, self.facts, init_status, usage, launch)
+        requested = self.spec.limits.memory_bytes
+        if self.verbose and requested is not None and enclosing is not None and enclosing < requested:
+            sinks.say(f"--mem {format_bytes(requested)} is above the {format_bytes(enclosing)} limit of the "
+                      "enclosing cgroup: the job had the enclosing limit")
         sinks.finished(self.spec, record, self.verbose)
         return outcome.process_exit(record)
 

@@ -70,6 +70,37 @@ def read_keyed(path: str) -> dict[str, int]:
     return out
 
 
+# v1 spells "no limit" as the largest page-aligned 63-bit value: anything this large is none.
+_NO_LIMIT_FLOOR = 2**62
+
+
+def parse_memory_limit(text: str | None) -> int | None:
+    """One cgroup's memory limit, from v2's memory.max ('max') or v1's memory.limit_in_bytes."""
+    value = (text or "").strip()
+    if not value.isdigit():
+        return None
+    return None if int(value) >= _NO_LIMIT_FLOOR else int(value)
+
+
+def smallest_limit(texts: list[str | None]) -> int | None:
+    """The limit in force along a chain of cgroups: the smallest one, None if none is set."""
+    limits = [v for v in map(parse_memory_limit, texts) if v is not None]
+    return min(limits) if limits else None
+
+
+def chain_files(directory: str, filename: str) -> list[str | None]:
+    """`filename` read in `directory` and in each ancestor up to the hierarchy's root (the
+    last directory that is a cgroup, i.e. has a cgroup.procs)."""
+    out = []
+    while os.path.exists(os.path.join(directory, "cgroup.procs")):
+        out.append(read_text(os.path.join(directory, filename)))
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            break
+        directory = parent
+    return out
+
+
 def write_file(path: str, value: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
@@ -167,6 +198,11 @@ class JobCgroup(ABC):
     @abstractmethod
     def create(self, limits: Limits) -> None:
         """Create the cgroup(s) and set the limits; on failure nothing is left behind."""
+
+    def enclosing_memory_limit(self) -> int | None:
+        """The tightest memory limit of the cgroups this one is created in (a batch
+        system's step, a systemd slice): what the job gets at most, whatever --mem says."""
+        return None
 
     @abstractmethod
     def paths(self) -> dict[str, str]:

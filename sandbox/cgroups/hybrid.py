@@ -35,6 +35,9 @@ class HybridCgroup(JobCgroup):
     def paths(self) -> dict[str, str]:
         return {**self.v1.dirs, "unified": self.v2.dir}
 
+    def enclosing_memory_limit(self) -> int | None:
+        return self.v1.enclosing_memory_limit()  # the memory controller is v1's here
+
     def primary_path(self) -> str:
         return self.v1.dirs.get("memory", self.v2.dir)
 

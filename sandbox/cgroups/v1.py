@@ -19,6 +19,7 @@ from .base import (
     CgroupError,
     JobCgroup,
     Usage,
+    chain_files,
     kill_pids,
     make_dir,
     procs_in_tree,
@@ -26,6 +27,7 @@ from .base import (
     read_keyed,
     read_text,
     remove_tree,
+    smallest_limit,
     wait_procs_empty,
 )
 from .layout import Layout
@@ -97,11 +99,25 @@ class V1Part:
             else:
                 parent_dir = h.directory(parent if parent is not None else h.own_path)
             self.dirs[ctrl] = os.path.join(parent_dir, PREFIX + name)
+        self.memory_parent = os.path.dirname(self.dirs["memory"]) if "memory" in self.dirs else None
+        self.shared_memory: str | None = None  # the enclosing memory cgroup, when the job stays in it
+
+    def enclosing_memory_limit(self) -> int | None:
+        if self.memory_parent is None:
+            return None
+        return smallest_limit(chain_files(self.memory_parent, "memory.limit_in_bytes"))
 
     def unique_dirs(self) -> list[str]:
         return list(dict.fromkeys(self.dirs.values()))
 
     def create(self, limits: Limits) -> None:
+        if "memory" in self.dirs and limits.memory_bytes is None and self.enclosing_memory_limit() is not None:
+            # v1 counts an OOM kill only in the victim's own memory cgroup, and a batch
+            # system reads it from its own (Slurm's slurmstepd: OUT_OF_MEMORY in sacct).
+            # A child with no tighter limit would hide the kill from it: the job stays in
+            # the enclosing memory cgroup, which is never ours to remove.
+            self.shared_memory = self.memory_parent
+            del self.dirs["memory"]
         made: list[str] = []
         try:
             for d in self.unique_dirs():
@@ -182,7 +198,7 @@ class V1Part:
 
     def usage(self, with_cpu: bool = True) -> Usage:
         u: dict[str, int | float | None] = {}
-        mem_dir = self.dirs.get("memory")
+        mem_dir = self.dirs.get("memory") or self.shared_memory
         if mem_dir:
             mem = MemoryController(_node(mem_dir))
             u["memory_current_bytes"] = mem.get_content("usage_in_bytes")
@@ -237,8 +253,11 @@ class V1Cgroup(JobCgroup):
     def paths(self) -> dict[str, str]:
         return dict(self.part.dirs)
 
+    def enclosing_memory_limit(self) -> int | None:
+        return self.part.enclosing_memory_limit()
+
     def primary_path(self) -> str:
-        return self.part.dirs["memory"]
+        return self.part.dirs.get("memory") or next(iter(self.part.dirs.values()))
 
     def join_files(self) -> list[str]:
         return self.part.join_files()

@@ -17,6 +17,7 @@ from .base import (
     CgroupError,
     JobCgroup,
     Usage,
+    chain_files,
     kill_pids,
     make_dir,
     procs_in_tree,
@@ -24,6 +25,7 @@ from .base import (
     read_keyed,
     read_text,
     remove_tree,
+    smallest_limit,
     wait_events_unpopulated,
     write_file,
 )
@@ -276,6 +278,9 @@ class V2Cgroup(JobCgroup):
 
     def paths(self) -> dict[str, str]:
         return {"unified": self.part.dir}
+
+    def enclosing_memory_limit(self) -> int | None:
+        return smallest_limit(chain_files(self.part.parent_dir, "memory.max"))
 
     def primary_path(self) -> str:
         return self.part.dir
