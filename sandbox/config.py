@@ -46,9 +46,9 @@ def _limits_policy(text: str) -> str:
 
 
 def _dev(text: str) -> str:
-    if text not in ("host", "private"):
-        raise ValueError(f"invalid dev {text!r}: expected host or private")
-    return text
+    from .options import dev_mode
+
+    return dev_mode(text)
 
 
 def _bool(text: str) -> bool:

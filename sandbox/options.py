@@ -38,7 +38,7 @@ def _report_fd(text: str) -> int:
     return fd
 
 
-def _dev(text: str) -> str:
+def dev_mode(text: str) -> str:
     if text not in ("host", "private"):
         raise ValueError(f"invalid --dev {text!r}: expected host or private")
     return text
@@ -156,7 +156,7 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option(("--net",), "net", "Network: host [default] or none (a new namespace with loopback only).",
            "MODE", _net),
     Option(("--dev",), "dev", "Devices: host [default], or private (a new /dev: null, zero, full, random, "
-           "urandom, tty, its own pts, shm, and --device nodes).", "MODE", _dev),
+           "urandom, tty, its own pts, shm, and --device nodes).", "MODE", dev_mode),
     Option(("--device",), "devices", "With --dev private: pass the host's device node PATH (e.g. /dev/nvidia0) "
            "(repeatable).", "PATH[:rwm]", _device, multiple=True),
     Option(("--pty",), "pty", "Give the job a terminal of its own, relayed to ours (default when one of "
