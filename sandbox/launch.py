@@ -43,6 +43,13 @@ def build_spec(command: tuple[str, ...], opts: dict[str, Any]) -> JobSpec:
         raise errors.SandboxError("missing command to run")
     if opts.get("swap") is not None and opts.get("mem") is None:
         raise errors.SandboxError("--swap needs --mem")
+    if opts.get("report_format") == "classad":
+        from .classad import label_attributes
+
+        try:
+            label_attributes(dict(opts.get("labels") or ()))
+        except ValueError as e:
+            raise errors.SandboxError(str(e)) from None
     return JobSpec(
         argv=tuple(command),
         name=opts.get("name") or generate_name(),

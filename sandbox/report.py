@@ -49,7 +49,9 @@ def write_atomic_text(path: str, text: str) -> None:
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.urandom(6).hex()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
-        os.write(fd, text.encode())
+        # surrogateescape: bytes that were not UTF-8 (a path, a label from argv) are
+        # written back as they came, not refused at the very end of a job.
+        os.write(fd, text.encode("utf-8", "surrogateescape"))
         os.fsync(fd)
     except BaseException:
         os.close(fd)

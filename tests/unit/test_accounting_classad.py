@@ -108,3 +108,37 @@ def test_api_command_line_uses_the_option_table():
         command_line(["cmd"], {"report_fd": 3})
     with pytest.raises(TypeError):
         command_line(["cmd"], {"memory": 3})
+
+
+def test_label_keys_that_are_one_classad_attribute_are_refused():
+    with pytest.raises(ValueError, match=r"'x.y' and 'X_y' are the same ClassAd attribute SandboxLabel_X_y"):
+        classad.label_attributes({"x.y": "1", "X_y": "3"})
+    assert classad.label_attributes({"x.y": "1", "x.z": "2"}) == {"SandboxLabel_x_y": "1", "SandboxLabel_x_z": "2"}
+
+
+def test_the_command_line_refuses_colliding_labels_only_for_a_classad_report():
+    from sandbox.launch import build_spec
+
+    labels = (("x.y", "1"), ("x-y", "2"))
+    with pytest.raises(errors.SandboxError, match="same ClassAd attribute SandboxLabel_x_y"):
+        build_spec(("true",), {"labels": labels, "report_format": "classad"})
+    assert build_spec(("true",), {"labels": labels}).labels == labels  # distinct JSON keys
+
+
+def test_undecodable_bytes_go_through_unchanged(tmp_path):
+    from sandbox.report import write_atomic_text
+
+    value = b"caf\xe9 \xff\\\"".decode("utf-8", "surrogateescape")  # Latin-1 bytes, as argv gives them
+    write_atomic_text(str(tmp_path / "r.ad"), classad.format_report({"error": value, "name": value + "\n"}))
+    raw = (tmp_path / "r.ad").read_bytes()
+    assert b'SandboxError = "caf\xe9 \xff\\\\""\n' in raw  # the bytes themselves, old-syntax quoted
+    ad = classad.parse(raw.decode("utf-8", "surrogateescape"))
+    assert ad == {"SandboxError": value, "SandboxName": value + "\n"}
+
+
+def test_reader_keeps_expressions_apart_from_strings():
+    ad = classad.parse('RequestMemory = ifthenelse(MemoryUsage =!= undefined, 2048, 1024)\nOwner = "ifthenelse"\n'
+                       "requestmemory = 512\nX = 010\nY = eval(\"a\" + \"b\")\n")
+    assert ad["RequestMemory"] == 512  # names ignore case: the later line wins, the first spelling stays
+    assert ad["Owner"] == "ifthenelse" and not isinstance(ad["Owner"], classad.Expr)
+    assert isinstance(ad["X"], classad.Expr) and isinstance(ad["Y"], classad.Expr)
