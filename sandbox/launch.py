@@ -20,13 +20,17 @@ def launch(command: tuple[str, ...], opts: dict[str, Any]) -> int:
     """Run a parsed command line: the one path both argument parsers lead to."""
     from .config import apply as with_site_config  # cheap: one stat unless a config file exists
 
-    opts = with_site_config(opts)
-    spec = build_spec(command, opts)
-    from .privilege import current
+    try:
+        opts = with_site_config(opts)
+        spec = build_spec(command, opts)
+        from .privilege import current
 
-    privilege = current()
-    privilege.check_usable()  # e.g. without root or the switchboard, user namespaces
-    privilege.check_limits(spec.limits, spec.best_effort)  # refused before anything is made
+        privilege = current()
+        privilege.check_usable()  # e.g. without root or the switchboard, user namespaces
+        privilege.check_limits(spec.limits, spec.best_effort)  # refused before anything is made
+    except errors.SandboxError as e:
+        _report_failure(command, opts, e)
+        raise
     if spec.report_path:
         directory = os.path.dirname(os.path.abspath(spec.report_path))
         if not os.access(directory, os.W_OK):
@@ -108,6 +112,29 @@ def _seccomp(choice: str, user_job: bool) -> Any:
         return seccomp.load_profile(choice, user_job)
     except seccomp.ProfileError as e:
         raise errors.SandboxError(str(e)) from None
+
+
+def _report_failure(command: tuple[str, ...], opts: dict[str, Any], e: errors.SandboxError) -> None:
+    """A --report for a launch refused before anything started (a bad option, a caller
+    the switchboard will not serve): starter code reads the reason there, as it does
+    for a failure during setup, instead of finding no report at all."""
+    path = opts.get("report_path")
+    if not path:
+        return
+    from . import report
+
+    r = report.new_report("")
+    r.update(name=opts.get("name"), status=report.STATUS_FAILED, returncode=e.exit_code, error=e.message,
+             argv=list(command))
+    try:
+        if opts.get("report_format") == "classad":
+            from .classad import format_report
+
+            report.write_atomic_text(path, format_report(r))
+        else:
+            report.write_atomic(path, r)
+    except OSError:
+        pass  # the message still goes to stderr
 
 
 def _credentials(user: str | None) -> Any:
