@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from sandbox import api
-from tests.conftest import SANDBOX, SANDBOX_RUN, needs_root, run_sandbox
+from tests.conftest import SANDBOX, needs_root, run_sandbox
 
 pytestmark = [needs_root, pytest.mark.cgroup]
 
@@ -258,53 +258,3 @@ def test_report_format_classad(tmp_path, acct):
     assert 'SandboxLabel_tenant = "x"' in text and "RemoteUserCpu = " in text and "MemoryUsage = " in text
     p = run_sandbox("--report-format", "xml", "--", "true")
     assert p.returncode == 125 and "invalid report format" in p.stderr
-
-
-WRAPPER = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "helpers", "condor-job-wrapper")
-
-
-@pytest.fixture
-def execute_node(tmp_path, acct):
-    """An execute directory outside /tmp (which the sandbox replaces), with two slots."""
-    base = f"/var/lib/sandbox-test-{uuid.uuid4().hex[:8]}"
-    for d in ("execute/dir_1", "execute/dir_2"):
-        os.makedirs(os.path.join(base, d))
-    with open(os.path.join(base, "execute/dir_2/secret"), "w") as f:
-        f.write("other slot")
-    (tmp_path / "job.ad").write_text('ClusterId = 12\nProcId = 3\nOwner = "alice"\nRequestMemory = 512\n'
-                                     'RequestCpus = 1\nWantIOProxy = true\n')
-    (tmp_path / "machine.ad").write_text('Name = "slot1@node"\nMemory = 192\nCpus = 2\n')
-    chirp = tmp_path / "bin" / "condor_chirp"
-    chirp.parent.mkdir()
-    chirp.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/chirped\n')
-    chirp.chmod(0o755)
-    env = {"PATH": f"{chirp.parent}:/usr/bin:/bin", "_CONDOR_SCRATCH_DIR": f"{base}/execute/dir_1",
-           "_CONDOR_JOB_AD": str(tmp_path / "job.ad"), "_CONDOR_MACHINE_AD": str(tmp_path / "machine.ad"),
-           "_CONDOR_WRAPPER_ERROR_FILE": str(tmp_path / "wrapper_error"), "SANDBOX_RUN": SANDBOX_RUN,
-           "SANDBOX_ACCOUNTING_LOG": str(acct)}
-    yield base, env
-    subprocess.run(["rm", "-rf", base], check=True)
-
-
-def test_condor_job_wrapper(execute_node, tmp_path):
-    _base, env = execute_node
-    scratch = env["_CONDOR_SCRATCH_DIR"]
-    p = subprocess.run([WRAPPER, "sh", "-c", "pwd; ls ..; exit 7"], capture_output=True, text=True, env=env,
-                       cwd=scratch, timeout=60, check=False)
-    assert p.returncode == 7, p.stderr
-    assert p.stdout.split() == [scratch, "dir_1"]  # the other slot is hidden
-    ad = (open(f"{scratch}/.sandbox_report.ad").read())
-    assert "ExitCode = 7\n" in ad and "MemoryProvisioned = 192\n" in ad  # the slot's Memory, not RequestMemory
-    assert 'SandboxLabel_condor_job = "12.3"' in ad and 'SandboxLabel_owner = "alice"' in ad
-    chirped = (tmp_path / "chirped").read_text()
-    assert "set_job_attr_delayed SandboxStatus \"exited\"" in chirped
-    assert not (tmp_path / "wrapper_error").exists()
-    # a job killed by a signal ends the wrapper by the same signal (ExitBySignal for the starter)
-    p = subprocess.run([WRAPPER, "sh", "-c", "kill -USR1 $$"], env=env, cwd=scratch, timeout=60, check=False,
-                       capture_output=True)
-    assert p.returncode == -signal.SIGUSR1
-    # a job that cannot start is the wrapper's failure: reported through _CONDOR_WRAPPER_ERROR_FILE
-    p = subprocess.run([WRAPPER, "/no/such/program"], capture_output=True, text=True, env=env, cwd=scratch,
-                       timeout=60, check=False)
-    assert p.returncode == 127
-    assert "/no/such/program" in (tmp_path / "wrapper_error").read_text()

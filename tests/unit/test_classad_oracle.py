@@ -5,6 +5,7 @@ what either writes reads back the same in both."""
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 from hypothesis import given, settings
@@ -22,7 +23,9 @@ PIECES = ['\\', '"', "\n", "\r", "\r\n", " ", "\t", "é", "☃", "\u2028", "\x85
           ";", "\x7f", "\x01", "eval(", ")"]
 NASTY = st.lists(st.sampled_from(PIECES), max_size=12).map("".join)
 VALUES = st.one_of(TEXT, NASTY)
-SETTINGS = settings(max_examples=1500, deadline=None)
+# A few hundred values a test in the host suite; SANDBOX_FUZZ_EXAMPLES=20000 for a long run.
+EXAMPLES = int(os.environ.get("SANDBOX_FUZZ_EXAMPLES", "300"))
+SETTINGS = settings(max_examples=EXAMPLES, deadline=None)
 
 
 def printold(value: object) -> str:
@@ -95,7 +98,7 @@ def test_old_syntax_escaping_examples():
 LABEL_KEY = st.from_regex(r"[A-Za-z_][A-Za-z0-9_.-]{0,10}", fullmatch=True)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=max(EXAMPLES // 5, 50), deadline=None)
 @given(st.dictionaries(LABEL_KEY, TEXT, max_size=6), st.one_of(st.none(), VALUES), st.one_of(st.none(), TEXT))
 def test_a_whole_report_reads_in_htcondor_as_its_attributes(labels, error, name):
     report = {"exit_code": 0, "status": "exited", "cpu_user_seconds": 1.5, "cpu_system_seconds": 0.25,
@@ -126,3 +129,49 @@ def test_the_reader_takes_a_quoted_value_exactly_when_htcondor_does(tail):
         assert ours == theirs
     if isinstance(theirs, str) and printold(theirs) == line:
         assert ours == theirs
+
+
+def load_wrapper():  # a script without .py: loaded by path
+    import importlib.machinery
+    import importlib.util
+    from pathlib import Path
+
+    path = str(Path(__file__).resolve().parents[2] / "helpers" / "condor-job-wrapper")
+    loader = importlib.machinery.SourceFileLoader("condor_job_wrapper", path)
+    spec = importlib.util.spec_from_loader("condor_job_wrapper", loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+WRAPPER = load_wrapper()
+
+
+@pytest.fixture(scope="module")
+def ad_file(tmp_path_factory):
+    return tmp_path_factory.mktemp("ad") / "x.ad"
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(value=VALUES)
+def test_the_wrapper_reads_ads_and_quotes_for_chirp_as_htcondor_does(ad_file, value):
+    ad = ad_file
+    texts = [f"A = {classad.quote(value)}\nB = 7\n"]
+    if "\n" not in value:  # HTCondor's own raw line break is unreadable to HTCondor too
+        texts.append(printold(value) + "B = 7\n")
+    for text in texts:
+        ad.write_text(text)
+        pairs, error = WRAPPER.read_ad(str(ad))
+        assert error is None and dict(pairs) == classad.parse(text) == {"A": value, "B": 7}
+    assert WRAPPER.quote_new(value) == classad2.quote(value)
+    assert classad2.ExprTree(WRAPPER.new_syntax(value)).eval() == value  # what the starter makes of a chirp
+
+
+@pytest.mark.parametrize("name,prefixes,allowed", [
+    ("ChirpSandboxStatus", "Chirp*", True), ("chirpsandboxstatus", "Chirp*", True),
+    ("ChirpSandboxStatus", "Site*, Other*", False), ("ChirpSandboxStatus", "Site* *Status", True),
+    ("ChirpSandboxStatus", "ChirpSandboxStatus", True), ("ChirpSandboxStatusX", "ChirpSandboxStatus", False),
+    ("ChirpSandbox.x", "Chirp?andbox*", False),
+])
+def test_the_wrapper_applies_chirp_delayed_update_prefix_as_the_starter(name, prefixes, allowed):
+    assert WRAPPER.prefix_allows(name, prefixes) is allowed

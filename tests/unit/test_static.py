@@ -15,8 +15,9 @@ BIN = Path(sys.executable).parent
 @pytest.mark.parametrize(
     "tool,args",
     [
-        ("ruff", ["check", "sandbox", "tests", "helpers/switchboard.py"]),
+        ("ruff", ["check", "sandbox", "tests", "helpers/switchboard.py", "helpers/condor-job-wrapper"]),
         ("mypy", []),
+        ("mypy", ["--strict", "helpers/condor-job-wrapper"]),
     ],
 )
 def test_static_check_is_clean(tool: str, args: list[str]) -> None:
