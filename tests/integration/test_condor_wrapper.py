@@ -221,3 +221,15 @@ def test_the_starters_hard_kill_takes_sandbox_run_and_the_job_down(node):
     assert result["left"] == [], f"still running {result['waited']} s after the wrapper's SIGKILL"
     ad = classad.parse((scratch / ".sandbox_report.ad").read_text())  # stopped the orderly way
     assert ad["ExitBySignal"] is True and ad["ExitSignal"] == signal.SIGTERM
+
+
+def test_sandbox_run_writes_a_report_for_a_launch_it_refuses_before_setup(tmp_path):
+    from tests.conftest import run_sandbox
+
+    for fmt, read in (("json", json.loads), ("classad", classad.parse)):
+        path = tmp_path / f"r.{fmt}"
+        p = run_sandbox("--report-format", fmt, "--report", str(path), "--swap", "1G", "--", "true")
+        assert p.returncode == 125 and p.stderr == "sandbox-run: --swap needs --mem\n"
+        r = read(path.read_text())
+        status, error = (r["status"], r["error"]) if fmt == "json" else (r["SandboxStatus"], r["SandboxError"])
+        assert (status, error) == ("failed_to_start", "--swap needs --mem")
