@@ -219,8 +219,13 @@ def test_the_starters_hard_kill_takes_sandbox_run_and_the_job_down(node):
     assert p.returncode == 0, p.stderr
     result = json.loads(p.stdout.splitlines()[-1])
     assert result["left"] == [], f"still running {result['waited']} s after the wrapper's SIGKILL"
-    ad = classad.parse((scratch / ".sandbox_report.ad").read_text())  # stopped the orderly way
-    assert ad["ExitBySignal"] is True and ad["ExitSignal"] == signal.SIGTERM
+    ad = classad.parse((scratch / ".sandbox_report.ad").read_text())  # stopped the orderly way, report written
+    # SIGTERM: the wrapper's parent-death signal to sandbox-run; SIGKILL: sandbox-run's
+    # own --die-with-parent, used when this sandbox-run has it
+    has_die_with_parent = "--die-with-parent" in subprocess.run([SANDBOX_RUN, "--help"], capture_output=True,
+                                                                 text=True, check=False).stdout
+    assert ad["ExitBySignal"] is True
+    assert ad["ExitSignal"] == (signal.SIGKILL if has_die_with_parent else signal.SIGTERM)
 
 
 def test_sandbox_run_writes_a_report_for_a_launch_it_refuses_before_setup(tmp_path):
