@@ -122,19 +122,12 @@ def _report_failure(command: tuple[str, ...], opts: dict[str, Any], e: errors.Sa
     if not path:
         return
     from . import report
+    from .sinks import report_file
 
     r = report.new_report("")
     r.update(name=opts.get("name"), status=report.STATUS_FAILED, returncode=e.exit_code, error=e.message,
              argv=list(command))
-    try:
-        if opts.get("report_format") == "classad":
-            from .classad import format_report
-
-            report.write_atomic_text(path, format_report(r))
-        else:
-            report.write_atomic(path, r)
-    except OSError:
-        pass  # the message still goes to stderr
+    report_file(path, opts.get("report_format") or "json", r)
 
 
 def _credentials(user: str | None) -> Any:

@@ -29,7 +29,7 @@ def finished(spec: JobSpec, record: Report, verbose: bool) -> None:
     if r["error"] is not None:
         say(r["error"])
     if spec.report_path:
-        _report_file(spec, r)
+        report_file(spec.report_path, spec.report_format, r)
     if spec.report_fd is not None:
         report.write_event(spec.report_fd, "exited", r)
     if spec.accounting_log:
@@ -43,14 +43,14 @@ def finished(spec: JobSpec, record: Report, verbose: bool) -> None:
         sys.stderr.write(report.summary(r) + "\n")
 
 
-def _report_file(spec: JobSpec, r: dict[str, Any]) -> None:
-    assert spec.report_path is not None
+def report_file(path: str, report_format: str, r: dict[str, Any]) -> None:
+    """--report in its format (json or classad); a report that cannot be written is said."""
     try:
-        if spec.report_format == "classad":
+        if report_format == "classad":
             from .classad import format_report
 
-            report.write_atomic_text(spec.report_path, format_report(r))
+            report.write_atomic_text(path, format_report(r))
         else:
-            report.write_atomic(spec.report_path, r)
+            report.write_atomic(path, r)
     except OSError as e:
-        say(f"cannot write report {spec.report_path}: {e.strerror}")
+        say(f"cannot write report {path}: {e.strerror}")
