@@ -191,8 +191,9 @@ def test_the_wrapper_error_file_gets_sandbox_runs_one_line_reason(node, tmp_path
 
 
 def test_a_launch_refused_before_it_starts_still_gives_its_reason(node):
-    """A caller sandbox-run will not serve (here: not root, and not allowed the
-    switchboard) fails before any setup; the reason still reaches the hold reason."""
+    """A launch sandbox-run refuses before any setup (here: the slot's --mem for a job
+    user that is neither root nor a switchboard member, so no cgroup can enforce it)
+    still puts its reason into the hold reason."""
     scratch, env, _tmp = node
     os.chown(scratch, 65534, 65534)  # the job's user's scratch directory, as the starter makes it
     error_file = scratch / ".wrapper_error"
