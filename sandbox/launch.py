@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import errors
 from .argv import fast_parse
 from .limits import Limits
 from .spec import JobSpec, generate_name
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 
 def launch(command: tuple[str, ...], opts: dict[str, Any]) -> int:
@@ -102,7 +105,20 @@ def _devices(dev: str, devices: tuple[str, ...]) -> tuple[str, ...]:
     if dev != "private":
         return ()
     return tuple(dict.fromkeys(("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty",
-                                *devices)))
+                                *devices, *_assigned_gpus(os.environ))))
+
+
+def _assigned_gpus(env: Mapping[str, str]) -> tuple[str, ...]:
+    """With a private /dev, the GPUs the batch system assigned (and only those) are
+    handed over, with the driver's control nodes (see gpus.py)."""
+    from . import gpus
+
+    if gpus.assignment(env) is None:
+        return ()  # no batch system said anything: no scan of /dev and the driver
+    try:
+        return tuple(gpus.for_job(env, *gpus.scan()))
+    except gpus.GpuError as e:
+        raise errors.SandboxError(str(e)) from None
 
 
 def _seccomp(choice: str, user_job: bool) -> Any:

@@ -239,3 +239,16 @@ def test_sandbox_run_writes_a_report_for_a_launch_it_refuses_before_setup(tmp_pa
         r = read(path.read_text())
         status, error = (r["status"], r["error"]) if fmt == "json" else (r["SandboxStatus"], r["SandboxError"])
         assert (status, error) == ("failed_to_start", "--swap needs --mem")
+
+
+def test_a_gpu_the_node_does_not_have_refuses_a_private_dev_launch_in_one_line(tmp_path):
+    """End to end on this GPU-less machine: the assignment is honoured or refused, never
+    ignored (with no assignment, the private /dev launch runs)."""
+    from tests.conftest import run_sandbox
+
+    env = {k: v for k, v in os.environ.items() if k not in ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS")}
+    p = run_sandbox("--dev", "private", "--", "true", env={**env, "_CONDOR_AssignedGPUs": "CUDA0"})
+    assert p.returncode == 125
+    assert p.stderr == "sandbox-run: _CONDOR_AssignedGPUs: /dev/nvidia0 does not exist\n"
+    p = run_sandbox("--dev", "private", "--", "sh", "-c", "ls /dev", env={**env, "_CONDOR_AssignedGPUs": ""})
+    assert p.returncode == 0 and "nvidia" not in p.stdout

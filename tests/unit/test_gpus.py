@@ -97,3 +97,20 @@ def test_scan_reads_stand_in_device_nodes_and_driver_files(tmp_path):
     assert sorted(found_gpus, key=lambda g: g.minor) == sorted(GPUS, key=lambda g: g.minor)
     got = gpus.for_job({"_CONDOR_AssignedGPUs": "CUDA1"}, found_gpus, nodes, str(dev))
     assert got == [f"{dev}/nvidia0", f"{dev}/nvidiactl", f"{dev}/nvidia-uvm"]  # a regular file is no device
+
+
+def test_a_private_dev_gets_the_assigned_gpus_and_nothing_else(monkeypatch):
+    from sandbox.launch import build_spec
+
+    monkeypatch.setattr(gpus, "scan", lambda: (GPUS, DEV))
+    monkeypatch.setenv("SLURM_JOB_GPUS", "1,2")
+    monkeypatch.delenv("_CONDOR_AssignedGPUs", raising=False)
+    monkeypatch.delenv("SLURM_STEP_GPUS", raising=False)
+    spec = build_spec(("true",), {"dev": "private"})
+    assert [d for d in spec.devices if "nvidia" in d] == ["/dev/nvidia0", "/dev/nvidia3", *CONTROL]
+    assert build_spec(("true",), {}).devices == ()  # the host's /dev: nothing to hand over
+    monkeypatch.setenv("SLURM_JOB_GPUS", "7")
+    from sandbox import errors
+
+    with pytest.raises(errors.SandboxError, match="SLURM_JOB_GPUS: GPU 7 is not on this node"):
+        build_spec(("true",), {"dev": "private"})
