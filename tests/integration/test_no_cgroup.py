@@ -58,8 +58,9 @@ def test_root_without_cgroup_is_tracked_by_pid_namespace(tmp_path: Path, how: st
 
 def test_root_without_cgroup_refuses_limits_naming_why(tmp_path: Path) -> None:
     code, err, data = run_without_cgroup(READ_ONLY, tmp_path, "--mem", "64M", "--", "true")
-    assert code == 125 and data is None
-    assert err.count("\n") == 1, err
+    # refused before anything is made; the report says so, with the same one line
+    assert code == 125 and data is not None and data["status"] == "failed_to_start", data
+    assert err.count("\n") == 1 and err == f"sandbox-run: {data['error']}\n", err
     assert "--mem cannot be enforced without a cgroup" in err and "read-only" in err
     assert "--limits best-effort" in err
 
