@@ -48,8 +48,12 @@ def _read(name: str) -> dict[str, Any] | None:
     for d in state_dirs():
         data = state.read(name, d)
         if data is not None:
-            return data
+            return {**data, "state_dir": d}  # where its lock is tested (alive())
     return None
+
+
+def alive(data: dict[str, Any]) -> bool:
+    return state.launcher_alive(data, data.get("state_dir"))
 
 
 def may_control(data: dict[str, Any]) -> bool:
@@ -83,7 +87,7 @@ def find(name: str) -> Running:
         raise _fail(f"no running sandbox named {name!r}")
     if not may_control(data):
         raise _fail(f"sandbox {name!r} belongs to another user (uid {data.get('uid')})")
-    if not state.launcher_alive(data):
+    if not alive(data):
         raise _fail(f"sandbox {name!r} is not running (its launcher is gone; `sandbox gc` reclaims it)")
     return Running(name, *_restore(name, data))
 
@@ -95,7 +99,7 @@ def visible() -> list[tuple[str, dict[str, Any]]]:
         for name in state.names(d):
             data = state.read(name, d)
             if data is not None and name not in out and may_control(data):
-                out[name] = data
+                out[name] = {**data, "state_dir": d}
     return sorted(out.items())
 
 
@@ -245,7 +249,7 @@ def ps(name: str | None = None) -> list[dict[str, Any]]:
     else:
         targets = []
         for n, data in visible():
-            if not state.launcher_alive(data):
+            if not alive(data):
                 continue
             try:
                 targets.append(find(n))
@@ -297,7 +301,7 @@ def format_ps(sandboxes: list[dict[str, Any]]) -> str:
 def listing() -> list[dict[str, Any]]:
     out = []
     for name, data in visible():
-        alive = state.launcher_alive(data)
+        live = alive(data)
         entry: dict[str, Any] = {
             "name": name,
             "state": "stale",
@@ -308,7 +312,7 @@ def listing() -> list[dict[str, Any]]:
             "argv": data.get("argv"),
             "cgroup": data.get("cgroup"),
         }
-        if alive:
+        if live:
             try:
                 r = find(name)
                 entry["state"] = run_state(r.cg)

@@ -2,7 +2,8 @@
 
 Its processes died with it (init's parent-death signal takes the PID namespace down),
 but its cgroup directories and state file remain. `sandbox gc` reclaims them, and each
-launch does the same for whatever it notices.
+launch does the same for whatever it notices: usage read from the cgroup before it is
+removed, and the report and accounting record the launcher could not write.
 """
 
 from __future__ import annotations
@@ -15,49 +16,70 @@ from .cgroups import PREFIX, CgroupError, detect, job_cgroup
 from .cgroups.layout import Layout
 from .records import RecordError, State
 
-# A cgroup without a state file may belong to a launcher that has just created it and
-# not yet written its state: leave those alone for this long.
+# A launcher writes its state before it creates its cgroup, so a sandbox cgroup without
+# a state file is not one of ours in the making; but a launcher of an older version may
+# still be between the two: leave those alone for this long.
 ORPHAN_MIN_AGE = 60.0
 
 
 def reclaim_stale(
     directory: str | None = None, layout: Layout | None = None, kill_timeout: float = 10.0
 ) -> list[str]:
-    """Destroy the cgroup of every sandbox whose launcher is gone; return their names."""
-    layout = layout or detect()
+    """Reclaim every sandbox whose launcher is gone (no lock on its state): kill what is
+    left, read its figures, write the report and accounting record its launcher could
+    not, remove its cgroup and state. Return their names."""
     directory = directory or state.state_dir()
+    state.sweep_temp(directory)
     reclaimed = []
     for name in state.names(directory):
-        data = state.read(name, directory)
-        if data is None or state.launcher_alive(data):
-            continue
-        # Claim the entry with an atomic rename, so that two launchers noticing the same
-        # stale sandbox do not both tear it down.
-        src = state.path_for(name, directory)
-        claimed = os.path.join(directory, f".{name}.reclaim-{os.getpid()}")
+        taken = state.take_stale(name, directory)
+        if taken is None:
+            continue  # alive (its launcher holds the lock), being reclaimed, or gone
+        fd, data = taken
         try:
-            os.rename(src, claimed)
-        except FileNotFoundError:
-            continue
-        try:
-            # State.from_dict accepts only sandbox directories of this very name: a
-            # doctored or corrupt state file is dropped, never followed to another cgroup.
-            try:
-                record = State.from_dict(data, name)
-            except RecordError:
-                record = None
-            if record is not None:
-                record.job_cgroup(layout).destroy(kill_timeout)
+            if data is not None and not _owned(data):
+                continue
+            if data is not None and not _reclaim_one(name, data, layout, kill_timeout):
+                continue  # its cgroup resisted: the state stays for the next try
+            state.remove(name, directory)  # still holding its lock: nobody else acts on it
             reclaimed.append(name)
-        except CgroupError:
-            os.rename(claimed, src)  # leave it for the next try
-            continue
-        os.unlink(claimed)
+        finally:
+            os.close(fd)
     return reclaimed
 
 
+def _owned(data: dict[str, object]) -> bool:
+    from .privilege import current
+
+    return current().may_control(data.get("uid"))
+
+
+def _reclaim_one(name: str, data: dict[str, object], layout: Layout | None, kill_timeout: float) -> bool:
+    from .lost import write_records
+
+    # State.from_dict accepts only sandbox directories of this very name: a doctored or
+    # corrupt state file is dropped, never followed to another cgroup.
+    try:
+        record = State.from_dict(data, name)
+    except RecordError:
+        return True
+    usage = None
+    cg = record.job_cgroup(layout)
+    try:
+        if cg.exists():
+            cg.kill(kill_timeout)
+            usage = cg.usage()  # read before removal: the cgroup holds the only figures
+            cg.remove_dirs()
+    except (OSError, CgroupError):
+        return False
+    write_records(record, usage)
+    return True
+
+
 def reclaim_orphans(parent: str | None = None, layout: Layout | None = None, directory: str | None = None) -> list[str]:
-    """Destroy empty sandbox cgroups under `parent` that have no state file at all."""
+    """Destroy empty sandbox cgroups under `parent` that have no state file at all
+    (launchers write their state before their cgroup: these come from older versions or
+    from hands)."""
     layout = layout or detect()
     known = set(state.names(directory))
     probe = job_cgroup("probe", parent, layout)
@@ -69,19 +91,27 @@ def reclaim_orphans(parent: str | None = None, layout: Layout | None = None, dir
         except FileNotFoundError:
             continue
         for entry in entries:
-            if entry.name.startswith(PREFIX) and entry.is_dir(follow_symlinks=False):
-                name = entry.name[len(PREFIX) :]
-                try:
-                    age = time.time() - entry.stat().st_mtime
-                except FileNotFoundError:
-                    continue  # removed meanwhile by its own launcher
-                if name not in known and age > ORPHAN_MIN_AGE:
-                    seen.add(name)
+            if not entry.name.startswith(PREFIX):
+                continue
+            try:
+                # a sandbox may end between the listing and this stat: not an error
+                if not entry.is_dir(follow_symlinks=False) or time.time() - entry.stat().st_mtime <= ORPHAN_MIN_AGE:
+                    continue
+            except FileNotFoundError:
+                continue
+            name = entry.name[len(PREFIX) :]
+            if name not in known:
+                seen.add(name)
     reclaimed = []
     for name in sorted(seen):
+        if state.read(name, directory) is not None:
+            continue  # its launcher has just written its state
         cg = job_cgroup(name, parent, layout)
-        if cg.pids():
-            continue  # a live job we know nothing about: not ours to kill
-        cg.destroy()
+        try:
+            if cg.pids():
+                continue  # a live job we know nothing about: not ours to kill
+            cg.destroy()
+        except (FileNotFoundError, CgroupError):
+            continue  # gone meanwhile
         reclaimed.append(name)
     return reclaimed

@@ -90,6 +90,7 @@ def build_spec(command: tuple[str, ...], opts: dict[str, Any]) -> JobSpec:
         pty=_pty(bool(opts.get("pty")), bool(opts.get("no_pty"))),
         keep_fds=tuple(dict.fromkeys(opts.get("keep_fds") or ())),
         seccomp=_seccomp(opts.get("seccomp") or "default", opts.get("user") is not None),
+        die_with_parent=bool(opts.get("die_with_parent")),
     )
 
 

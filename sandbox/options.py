@@ -140,6 +140,8 @@ RUN_OPTIONS: tuple[Option, ...] = (
            "N", _report_fd),
     Option(("--chdir",), "cwd", "Working directory of the job (default: the current one).", "DIR"),
     Option(("--stats",), "stats", "Print a usage summary on stderr at the end.", is_flag=True),
+    Option(("--die-with-parent",), "die_with_parent", "Tear the sandbox down (SIGKILL) when the process that "
+           "started sandbox-run dies, SIGKILL included; the report says parent_died.", is_flag=True),
     Option(("-v", "--verbose"), "verbose", "Say what happens on stderr, and print the summary.", is_flag=True),
     Option(("--debug",), "debug", "Show tracebacks of internal errors.", is_flag=True),
     # isolation (execute dir, binds, hidden paths, credentials): see README "Isolation model"

@@ -28,6 +28,10 @@ STATUS_SIGNALED = "signaled"
 STATUS_OOM = "oom_killed"
 STATUS_TIMED_OUT = "timed_out"
 STATUS_FAILED = "failed_to_start"
+# The launcher died (SIGKILL) before the job ended: `sandbox gc` or the next launch
+# wrote this report from the sandbox's state, with what its cgroup still held.
+STATUS_LAUNCHER_LOST = "launcher_lost"
+STATUSES = (STATUS_EXITED, STATUS_SIGNALED, STATUS_OOM, STATUS_TIMED_OUT, STATUS_FAILED, STATUS_LAUNCHER_LOST)
 
 REPORT_VERSION = 1
 
@@ -271,7 +275,8 @@ class LiveUsage(NamedTuple):
 
 class State(NamedTuple):
     """A running sandbox's state file: who runs it, its launcher's identity (PID and
-    start time), and the cgroup directories that are its own."""
+    start time, for people: liveness is the file's lock, see state.py), the cgroup
+    directories that are its own, and where its records go."""
 
     name: str
     uid: int | None
@@ -286,6 +291,11 @@ class State(NamedTuple):
     labels: Mapping[str, str] = _EMPTY
     job_host_pid: int | None = None
     job_ns_pid: int | None = None
+    # what `sandbox gc` needs to write the records of a sandbox whose launcher was killed
+    report_path: str | None = None
+    report_format: str | None = None
+    accounting_log: str | None = None
+    memory_limit_bytes: int | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], name: str | None = None) -> "State":

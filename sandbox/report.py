@@ -6,6 +6,7 @@ one, so that starter code can rely on them without feature detection.
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import Any
 
@@ -17,14 +18,19 @@ from .records import (
     REPORT_VERSION,
     STATUS_EXITED,
     STATUS_FAILED,
+    STATUS_LAUNCHER_LOST,
     STATUS_OOM,
     STATUS_SIGNALED,
     STATUS_TIMED_OUT,
+    STATUSES,
     dumps,
 )
 
-__all__ = ["REPORT_KEYS", "REPORT_VERSION", "STATUS_EXITED", "STATUS_FAILED", "STATUS_OOM", "STATUS_SIGNALED",
-           "STATUS_TIMED_OUT", "dumps", "new_report", "summary", "write_atomic", "write_atomic_text", "write_event"]
+__all__ = [
+    "REPORT_KEYS", "REPORT_VERSION", "STATUSES", "STATUS_EXITED", "STATUS_FAILED", "STATUS_LAUNCHER_LOST",
+    "STATUS_OOM", "STATUS_SIGNALED", "STATUS_TIMED_OUT", "dumps", "new_report", "summary", "write_atomic",
+    "write_atomic_text", "write_event",
+]
 
 
 def new_report(name: str) -> dict[str, Any]:
@@ -51,7 +57,12 @@ def write_atomic_text(path: str, text: str) -> None:
     try:
         # surrogateescape: bytes that were not UTF-8 (a path, a label from argv) are
         # written back as they came, not refused at the very end of a job.
-        os.write(fd, text.encode("utf-8", "surrogateescape"))
+        data = text.encode("utf-8", "surrogateescape")
+        while data:  # a nearly full file system takes a prefix: never rename that into place
+            n = os.write(fd, data)
+            if n <= 0:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            data = data[n:]
         os.fsync(fd)
     except BaseException:
         os.close(fd)
@@ -87,6 +98,8 @@ def summary(report: dict[str, Any]) -> str:
         outcome = "killed by the OOM killer (memory limit reached)"
     elif status == STATUS_TIMED_OUT:
         outcome = "timed out and was killed"
+    elif status == STATUS_LAUNCHER_LOST:
+        outcome = "lost its launcher (killed) and was reclaimed"
     else:
         outcome = f"failed to start: {report.get('error')}"
     cpu_total = None

@@ -11,7 +11,7 @@ import signal
 import time
 from typing import TYPE_CHECKING
 
-from . import errors, outcome, records, setup, sinks, spawn
+from . import errors, outcome, records, setup, sinks, spawn, state
 from .cgroups import CgroupError, JobCgroup, Usage
 from .limits import format_bytes
 from .ns import mount as mountns
@@ -37,8 +37,10 @@ class Launch:
         self.init_pid: int | None = None  # None again if init was never handed over
         self.init_forked: int | None = None  # the report's init_host_pid: whether or not it ran
         self.cleanup_error: str | None = None  # the job's outcome stands; this goes to `error`
-        self.state: records.State | None = None  # as written to the state file
         self.relay: Relay | None = None  # the job's own terminal, when one is involved
+        self.held: state.Held | None = None  # our state file and the lock that says we live
+        self.cleaned = False  # the cgroup is gone: our state may go too
+        self.parent_pid = os.getppid()  # for --die-with-parent
 
     # -- the checklist -------------------------------------------------------------
 
@@ -78,9 +80,11 @@ class Launch:
 
     def _make_cgroup(self) -> None:
         cg = self.privilege.job_cgroup(self.spec.name, self.spec.cgroup_parent)
-        # Ours only once created: a name already in use is another launcher's cgroup,
-        # which the teardown must never kill (create() cleans up its own partial work).
-        cg.create(self.spec.limits)
+        # The state (the intent) before the cgroup: a launcher killed at any moment
+        # after this leaves a record that `sandbox gc` reclaims. Holding the name's state
+        # is what makes the cgroup ours: a name in use is refused before anything is made.
+        self._claim(cg)
+        cg.create(self.spec.limits)  # cleans up its own partial work
         self.cg = cg
 
     def _start_and_supervise(self, ops: list[mountns.SetupOp]) -> int | None:
@@ -88,7 +92,9 @@ class Launch:
         join_fds = self.cg.join_fds()
         pipes = spawn.open_pipes()
         self.relay = setup.open_relay(self.spec)
-        cfg = setup.init_config(self.spec, self.fs, ops, join_fds, pipes, relay=self.relay)
+        # only the launcher's life may hold the state's lock: init closes its copy
+        held_fds = (self.held.fd,) if self.held is not None else ()
+        cfg = setup.init_config(self.spec, self.fs, ops, join_fds, pipes, relay=self.relay, held_fds=held_fds)
         pid = spawn.fork_init(cfg, self.privilege)
         self.init_pid = pid
         self.init_forked = pid
@@ -99,6 +105,8 @@ class Launch:
             raise
         if self.relay is not None:
             self.relay.start()
+        if self.spec.die_with_parent:
+            spawn.watch_parent(self.parent_pid)
         # While init joins the cgroup (the first v1 migration can wait ~10 ms for an
         # RCU grace period), do our own bookkeeping instead of waiting for it.
         self._bookkeeping()
@@ -118,33 +126,61 @@ class Launch:
 
     # -- the state record ----------------------------------------------------------
 
-    def _bookkeeping(self) -> None:
-        from . import state
+    def _claim(self, cg: JobCgroup) -> None:
+        """Write our intent and hold its lock, or fail with nothing made. A stale state
+        of the same name (its launcher died) is reclaimed first, records and all."""
+        record = self._state_record(cg)
+        in_use = errors.SandboxError(f"sandbox {self.spec.name!r} already exists and is running")
+        try:
+            self.held = state.claim(self.spec.name, record)
+        except state.NameInUse:
+            raise in_use from None
+        except FileExistsError:
+            self.privilege.reclaim_stale()
+            try:
+                self.held = state.claim(self.spec.name, record)
+            except (state.NameInUse, FileExistsError):
+                raise in_use from None
 
-        assert self.cg is not None
+    def _state_record(self, cg: JobCgroup) -> records.State:
+        spec, facts = self.spec, self.facts
+        try:
+            paths, primary, version = cg.paths(), cg.recorded_path(), cg.recorded_version()
+        except (OSError, CgroupError, AttributeError):  # a delegated cgroup's are known once made
+            paths, primary, version = {}, None, None
+        return records.State(
+            name=spec.name,
+            uid=self.privilege.uid,
+            **state.launcher_identity(),
+            init_host_pid=self.init_pid,
+            cgroup=primary,
+            cgroup_version=version,
+            cgroup_paths=paths,
+            argv=spec.argv,
+            started_at=self.started_at,
+            labels=dict(spec.labels),
+            job_host_pid=facts.job_host_pid,
+            job_ns_pid=facts.job_ns_pid,
+            report_path=os.path.abspath(spec.report_path) if spec.report_path else None,
+            report_format=spec.report_format,
+            accounting_log=os.path.abspath(spec.accounting_log) if spec.accounting_log else None,
+            memory_limit_bytes=spec.limits.memory_bytes,
+        )
+
+    def _update_state(self) -> None:
+        if self.held is None or self.cg is None:
+            return
+        try:
+            self.held.rewrite(self._state_record(self.cg))
+        except OSError as e:  # the job runs fine without it: a warning, never a kill
+            sinks.say(f"warning: cannot update the sandbox state: {e.strerror}")
+
+    def _bookkeeping(self) -> None:
         try:
             self.privilege.reclaim_stale()
         except (OSError, CgroupError) as e:
             sinks.say(f"warning: could not reclaim stale sandboxes: {e}")
-        record = records.State(
-            name=self.spec.name,
-            uid=self.privilege.uid,
-            **state.launcher_identity(),
-            init_host_pid=self.init_pid,
-            cgroup=self.cg.recorded_path(),
-            cgroup_version=self.cg.recorded_version(),
-            cgroup_paths=self.cg.paths(),
-            argv=self.spec.argv,
-            started_at=self.started_at,
-            labels=dict(self.spec.labels),
-        )
-        try:
-            state.write(self.spec.name, record)
-            self.state = record
-        except OSError as e:
-            # The job can run without it; only `sandbox gc` after a SIGKILL and live
-            # control need it.
-            sinks.say(f"warning: cannot write the sandbox state in {state.state_dir()}: {e.strerror}")
+        self._update_state()  # init's PID
 
     def _on_started(self) -> None:
         facts = self.facts
@@ -160,15 +196,7 @@ class Launch:
             "job_ns_pid": facts.job_ns_pid,
             "started_at": self.started_at,
         }
-        if self.state is not None:
-            # before the event: a caller that acts on 'started' finds the PIDs in the state
-            from . import state
-
-            self.state = self.state._replace(job_host_pid=facts.job_host_pid, job_ns_pid=facts.job_ns_pid)
-            try:
-                state.write(self.spec.name, self.state)
-            except OSError as e:  # the job runs fine without it: a warning, never a kill
-                sinks.say(f"warning: cannot update the sandbox state: {e.strerror}")
+        self._update_state()  # before the event: who acts on 'started' finds the PIDs there
         sinks.started(self.spec, event)
         if self.verbose:
             sinks.say(
@@ -204,10 +232,7 @@ class Launch:
                 self.cleanup_error = f"cannot remove cgroup {cg.primary_path()}: {e}"
         # A cgroup that could not be removed keeps its state file: `sandbox gc` (or the
         # next launch) finds and reclaims it once its launcher is gone.
-        if self.state is not None and cleaned:
-            from . import state
-
-            state.remove(self.spec.name)
+        self.cleaned = cleaned
         return usage
 
     def _finish(self, init_status: int | None, usage: Usage) -> int:
@@ -220,8 +245,17 @@ class Launch:
         if self.verbose and requested is not None and enclosing is not None and enclosing < requested:
             sinks.say(f"--mem {format_bytes(requested)} is above the {format_bytes(enclosing)} limit of the "
                       "enclosing cgroup: the job had the enclosing limit")
-        sinks.finished(self.spec, record, self.verbose)
+        if self.facts.parent_died:
+            record = record._replace(extra={**record.extra, "parent_died": True})
+        if sinks.finished(self.spec, record, self.verbose, self._release) != record.returncode:
+            return errors.EXIT_SANDBOX_FAILED  # the report could not be written whole
         return outcome.process_exit(record)
+
+    def _release(self) -> None:
+        """After the records: the sandbox is gone, its state may go (a cgroup that could
+        not be removed keeps it, for `sandbox gc` once we are gone)."""
+        if self.held is not None and self.cleaned:
+            self.held.release()
 
 
 def run(spec: JobSpec, privilege: Privilege, verbose: bool = False) -> int:

@@ -34,9 +34,10 @@ def prepare_fs(spec: JobSpec, privilege: Privilege) -> Prepared | None:
 
 
 def init_config(
-    spec: JobSpec, fs: Prepared | None, ops: list[SetupOp], join_fds: list[int], pipes: Pipes, *, relay: Relay | None
+    spec: JobSpec, fs: Prepared | None, ops: list[SetupOp], join_fds: list[int], pipes: Pipes, *,
+    relay: Relay | None, held_fds: tuple[int, ...] = (),
 ) -> init.InitConfig:
-    close_in_child = [pipes.err_r, pipes.status_r, pipes.go_w, pipes.wake_r, pipes.wake_w]
+    close_in_child = [pipes.err_r, pipes.status_r, pipes.go_w, pipes.wake_r, pipes.wake_w, *held_fds]
     if spec.report_fd is not None:
         close_in_child.append(spec.report_fd)
     return init.InitConfig(

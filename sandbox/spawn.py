@@ -74,5 +74,19 @@ def go(pid: int, pipes: Pipes, join_fds: list[int], cg: JobCgroup, privilege: Pr
     signal.pthread_sigmask(signal.SIG_UNBLOCK, init.FORWARDED)
 
 
+# Sent to us by the kernel when our parent dies (--die-with-parent): a signal nothing
+# else sends, read from the wakeup pipe like the forwarded ones.
+PARENT_DEATH_SIGNAL = signal.SIGRTMIN + 3
+
+
+def watch_parent(parent_pid: int) -> None:
+    """--die-with-parent, bubblewrap's way: the kernel signals us when our parent dies.
+    It may have died before we asked: then the signal is sent now."""
+    signal.signal(PARENT_DEATH_SIGNAL, _noop_handler)
+    sc.set_parent_death_signal(PARENT_DEATH_SIGNAL)
+    if os.getppid() != parent_pid:
+        os.kill(os.getpid(), PARENT_DEATH_SIGNAL)
+
+
 def _noop_handler(_signum: int, _frame: object) -> None:
     """The wakeup pipe carries the signal number; the handler only has to exist."""

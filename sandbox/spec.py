@@ -64,3 +64,4 @@ class JobSpec(NamedTuple):
     pty: bool | None = None  # --pty / --no-pty; None: a pty when one of fds 0-2 is a terminal
     keep_fds: tuple[int, ...] = ()  # --keep-fd: descriptors of the caller the job receives
     seccomp: Profile | None = None  # the job's syscall filter; None: --seccomp none
+    die_with_parent: bool = False

@@ -1,7 +1,15 @@
 """Runtime state of running sandboxes: one JSON file per sandbox in the state directory.
 
 It lets `sandbox gc` (and the next launch) tell a live sandbox from one whose
-launcher was SIGKILLed, and lets later tools find a sandbox by name. It lives in
+launcher was SIGKILLed, and lets later tools find a sandbox by name.
+
+Liveness is a lock, never a PID: the launcher holds an exclusive flock(2) on its state
+file for its whole life and the kernel drops it when the launcher dies, SIGKILL
+included. A PID says nothing in another PID namespace (a launcher inside a sandbox sees
+none of the host's launchers) and a zombie looks alive in /proc; a lock on a shared
+file is the same for every namespace, container and nesting depth. The state is
+written (the intent) before the cgroup exists and removed after it is gone, so there is
+no moment at which a sandbox has a cgroup but no record. It lives in
 /run/sandbox for root and $XDG_RUNTIME_DIR/sandbox otherwise (both are tmpfs: a
 reboot, which also empties every cgroup, empties it too), and each file is removed
 when its sandbox ends.
@@ -9,6 +17,8 @@ when its sandbox ends.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -32,19 +42,132 @@ def state_dir() -> str:
     return current().state_dir()
 
 
+# Not .json: launchers of older versions judged liveness by PID and, run beside these,
+# would take a nested sandbox's state for a dead one; they list only *.json.
+SUFFIX = ".state"
+
+
 def path_for(name: str, directory: str | None = None) -> str:
-    return os.path.join(directory or state_dir(), f"{name}.json")
+    return os.path.join(directory or state_dir(), name + SUFFIX)
 
 
-def write(name: str, record: State, directory: str | None = None) -> None:
+class NameInUse(Exception):
+    """A live launcher holds the state of this name."""
+
+
+_TMP_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _locked_temp(final: str, record: State) -> tuple[int, str] | None:
+    """A new temp file next to `final`, locked, holding `record`; None when a gc swept
+    it between open and flock (the caller tries again)."""
+    tmp = f"{final}.{os.urandom(6).hex()}.tmp"
+    fd = os.open(tmp, _TMP_FLAGS, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # a gc took it for an abandoned temp file
+        os.close(fd)
+        return None
+    try:
+        _write_all(fd, record.to_json().encode())
+    except BaseException:
+        _unlink(tmp)
+        os.close(fd)
+        raise
+    if os.fstat(fd).st_nlink == 0:  # swept before we locked it
+        os.close(fd)
+        return None
+    return fd, tmp
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        n = os.write(fd, data)
+        if n <= 0:
+            raise OSError(errno.ENOSPC, "short write")
+        data = data[n:]
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class Held:
+    """A launcher's state file and the lock that says it lives. Rewrites replace the
+    file with a new one locked before it is renamed into place, so the name is never
+    without a locked file."""
+
+    def __init__(self, name: str, directory: str, fd: int) -> None:
+        self.name, self.directory, self.fd = name, directory, fd
+
+    @property
+    def path(self) -> str:
+        return path_for(self.name, self.directory)
+
+    def rewrite(self, record: State) -> None:
+        for _ in range(3):
+            made = _locked_temp(self.path, record)
+            if made is None:
+                continue
+            fd, tmp = made
+            try:
+                os.rename(tmp, self.path)
+            except BaseException:
+                _unlink(tmp)
+                os.close(fd)
+                raise
+            os.close(self.fd)
+            self.fd = fd
+            return
+        raise OSError(errno.EAGAIN, "state temp file swept repeatedly")
+
+    def release(self) -> None:
+        """The sandbox is gone: remove its record, then let go of the lock."""
+        _unlink(self.path)
+        os.close(self.fd)
+        self.fd = -1
+
+
+def claim(name: str, record: State, directory: str | None = None) -> Held:
+    """Record the intent to run sandbox `name` and hold its lock; NameInUse when a live
+    launcher holds it, FileExistsError when a stale state of that name is still there
+    (the caller reclaims it and claims again)."""
     directory = directory or state_dir()
     os.makedirs(directory, mode=0o755, exist_ok=True)
     final = path_for(name, directory)
-    tmp = f"{final}.{os.urandom(6).hex()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    with os.fdopen(fd, "w") as f:
-        f.write(record.to_json())
-    os.rename(tmp, final)
+    for _ in range(3):
+        made = _locked_temp(final, record)
+        if made is None:
+            continue
+        fd, tmp = made
+        try:
+            # link(2) is atomic and refuses an existing name: of two launchers given
+            # the same name, exactly one gets it.
+            os.link(tmp, final)
+        except FileExistsError:
+            os.close(fd)
+            if launcher_alive({"name": name}, directory):
+                raise NameInUse(name) from None
+            raise
+        finally:
+            _unlink(tmp)
+        return Held(name, directory, fd)
+    raise OSError(errno.EAGAIN, "state temp file swept repeatedly")
+
+
+def write(name: str, record: State, directory: str | None = None) -> None:
+    """Replace a state without holding it (tests and tools; a launcher uses Held)."""
+    directory = directory or state_dir()
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    made = _locked_temp(path_for(name, directory), record)
+    if made is None:
+        raise OSError(errno.EAGAIN, "state temp file swept")
+    fd, tmp = made
+    os.rename(tmp, path_for(name, directory))
+    os.close(fd)
 
 
 def read(name: str, directory: str | None = None) -> dict[str, Any] | None:
@@ -59,10 +182,7 @@ def read(name: str, directory: str | None = None) -> dict[str, Any] | None:
 
 
 def remove(name: str, directory: str | None = None) -> None:
-    try:
-        os.unlink(path_for(name, directory))
-    except FileNotFoundError:
-        pass
+    _unlink(path_for(name, directory))
 
 
 def names(directory: str | None = None) -> list[str]:
@@ -70,19 +190,91 @@ def names(directory: str | None = None) -> list[str]:
         entries = os.listdir(directory or state_dir())
     except FileNotFoundError:
         return []
-    return sorted(e[:-5] for e in entries if e.endswith(".json") and not e.startswith("."))
+    return sorted(e[: -len(SUFFIX)] for e in entries if e.endswith(SUFFIX) and not e.startswith("."))
 
 
 def launcher_identity() -> dict[str, int | None]:
+    """For people and `sandbox ps`: the launcher's PID in the namespace that wrote the
+    state. Liveness is the lock (launcher_alive), never this PID."""
     pid = os.getpid()
     return {"launcher_pid": pid, "launcher_start": process_start_time(pid)}
 
 
-def launcher_alive(data: dict[str, Any]) -> bool:
-    """Is the launcher that wrote this state still running? PID plus start time, so a
-    reused PID does not keep a dead sandbox alive."""
-    pid = data.get("launcher_pid")
-    if not isinstance(pid, int):
+def _try_lock(path: str) -> int | None:
+    """An fd holding the lock of `path`, or None when somebody holds it (or it is gone)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except (FileNotFoundError, OSError):
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    try:
+        # the path may have been replaced or removed between open and flock
+        same = os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        same = False
+    if not same:
+        os.close(fd)
+        return None
+    return fd
+
+
+def launcher_alive(data: dict[str, Any], directory: str | None = None) -> bool:
+    """Does a launcher hold the state of this sandbox? A lock test: the same answer
+    from every PID namespace, and no PID reuse to fool it."""
+    name = data.get("name")
+    if not isinstance(name, str):
         return False
-    start = process_start_time(pid)
-    return start is not None and start == data.get("launcher_start")
+    path = path_for(name, directory)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def take_stale(name: str, directory: str | None = None) -> tuple[int, dict[str, Any] | None] | None:
+    """Lock the state of a sandbox whose launcher is gone: (fd holding its lock, its
+    data or None when unreadable), or None when it lives or is gone. Holding the lock
+    is the claim: a second gc or launch sees it held and leaves it alone."""
+    import json
+
+    fd = _try_lock(path_for(name, directory))
+    if fd is None:
+        return None
+    try:
+        with open(fd, closefd=False) as f:
+            data = json.load(f)
+    except (ValueError, UnicodeDecodeError, OSError):
+        data = None
+    return fd, data if isinstance(data, dict) else None
+
+
+def sweep_temp(directory: str | None = None) -> list[str]:
+    """Remove temp files nobody is writing (their writer holds their lock) and claim
+    files of older versions; return what was removed."""
+    directory = directory or state_dir()
+    try:
+        entries = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    removed = []
+    for entry in entries:
+        path = os.path.join(directory, entry)
+        if entry.endswith(".tmp") or ".reclaim-" in entry:
+            fd = _try_lock(path)
+            if fd is None:
+                continue
+            _unlink(path)
+            os.close(fd)
+            removed.append(entry)
+    return removed

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import wire
+from .spawn import PARENT_DEATH_SIGNAL
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -35,6 +36,7 @@ class Facts:
     exec_error: tuple[int, str] | None = None
     timed_out: bool = False
     started: bool = False
+    parent_died: bool = False  # --die-with-parent: torn down because our parent died
 
 
 class Supervisor:
@@ -77,9 +79,11 @@ class Supervisor:
             if self.init_gone and not events:
                 break
             now = time.monotonic()
-            self._timers(now)
             for fd, _ev in events:
                 self._readable(fd, now)
+            # The timers only after what init said: a launcher stopped (SIGSTOP) past the
+            # deadline finds the job's own exit waiting in the pipe, and that stands.
+            self._timers(now)
             if self.exec_done and not facts.started and facts.exec_error is None and facts.job_ns_pid is not None:
                 facts.started = True
                 self.on_started()
@@ -94,14 +98,18 @@ class Supervisor:
         return wait_ms
 
     def _timers(self, now: float) -> None:
+        """The deadline (SIGTERM, then SIGKILL after the grace), unless the job ended."""
+        ended = self.init_gone or self.facts.main_status is not None
         if self.deadline is not None and now >= self.deadline:
             self.deadline = None
-            self.facts.timed_out = True
-            self._forward(signal.SIGTERM)
-            self.kill_at = now + self.kill_grace
+            if not ended:
+                self.facts.timed_out = True
+                self._forward(signal.SIGTERM)
+                self.kill_at = now + self.kill_grace
         if self.kill_at is not None and now >= self.kill_at:
             self.kill_at = None
-            self.cg.kill()  # init included: its status pipe closes, ending the loop
+            if not self.init_gone:
+                self.cg.kill()  # init included: its status pipe closes, ending the loop
 
     def _readable(self, fd: int, now: float) -> None:
         pipes = self.pipes
@@ -113,6 +121,10 @@ class Supervisor:
             for signum in os.read(fd, 64):
                 if signum == signal.SIGWINCH and self.relay is not None:
                     self.relay.resize()  # the caller's window changed: so does the job's
+                    continue
+                if signum == PARENT_DEATH_SIGNAL:
+                    self.facts.parent_died = True
+                    self.cg.kill()  # init included: its status pipe closes, ending the loop
                     continue
                 self._forward(signum)
                 if signum == signal.SIGTERM and self.kill_at is None:

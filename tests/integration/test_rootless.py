@@ -141,7 +141,7 @@ def test_launcher_sigkill_kills_the_job(user: str) -> None:
         assert wait_until(lambda: bool(host_processes_with(f"{marker}-a") and host_processes_with(f"{marker}-b")))
         pids = [p for p in host_processes_with(marker) if p != proc.pid]  # the launcher's argv has it too
         state = HOME / "sandbox"
-        assert wait_until(lambda: state.is_dir() and any(f.suffix == ".json" for f in state.iterdir()))
+        assert wait_until(lambda: state.is_dir() and any(f.suffix == ".state" for f in state.iterdir()))
         # the launcher is the last exec of the setpriv chain: proc.pid itself
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
