@@ -130,6 +130,6 @@ def _logged_already(log: str, r: dict[str, Any]) -> bool:
 
 
 def _warn(message: str) -> None:
-    import sys
+    from .notices import say  # a launch reclaims too: never blocked by its stderr
 
-    sys.stderr.write(f"sandbox: warning: {message}\n")
+    say(f"warning: {message}")
