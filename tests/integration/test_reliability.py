@@ -273,15 +273,16 @@ def test_stats_on_a_full_stderr_pipe_never_block_the_launcher(visible_dir: Path)
     assert got["status"] == "exited" and got["messages_dropped"], got
 
 
-def test_a_job_that_ended_while_the_launcher_was_stopped_is_not_timed_out(subreaper: None) -> None:
-    proc = subprocess.Popen([SANDBOX_RUN, "--timeout", "1", "--", "sh", "-c", "sleep 0.3; exit 3"],
-                            stderr=subprocess.PIPE, text=True)
-    time.sleep(0.1)
-    proc.send_signal(signal.SIGSTOP)
-    time.sleep(2)
-    proc.send_signal(signal.SIGCONT)
-    _out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 3, err
+def test_a_job_that_ended_while_the_launcher_was_stopped_is_not_timed_out() -> None:
+    running = Running("--timeout", "1", "--", "sh", "-c", "sleep 0.3; exit 3")
+    try:
+        running.proc.send_signal(signal.SIGSTOP)  # the job runs; its launcher does not
+        time.sleep(2)
+        running.proc.send_signal(signal.SIGCONT)
+        e = running.exited()
+    finally:
+        running.close()
+    assert running.proc.returncode == 3 and (e["status"], e["exit_code"]) == ("exited", 3), e
 
 
 # -- gc under churn ---------------------------------------------------------------------
