@@ -41,6 +41,7 @@ class Launch:
         self.held: state.Held | None = None  # our state file and the lock that says we live
         self.cleaned = False  # the cgroup is gone: our state may go too
         self.parent_pid = os.getppid()  # for --die-with-parent
+        self.identity: dict[str, int | None] = {}  # the launcher's PID and start time, for people
 
     # -- the checklist -------------------------------------------------------------
 
@@ -129,18 +130,20 @@ class Launch:
     def _claim(self, cg: JobCgroup) -> None:
         """Write our intent and hold its lock, or fail with nothing made. A stale state
         of the same name (its launcher died) is reclaimed first, records and all."""
+        self.identity = state.launcher_identity()
         record = self._state_record(cg)
         in_use = errors.SandboxError(f"sandbox {self.spec.name!r} already exists and is running")
         try:
-            self.held = state.claim(self.spec.name, record)
-        except state.NameInUse:
-            raise in_use from None
-        except FileExistsError:
-            self.privilege.reclaim_stale()
             try:
                 self.held = state.claim(self.spec.name, record)
-            except (state.NameInUse, FileExistsError):
-                raise in_use from None
+            except FileExistsError:
+                self.privilege.reclaim_stale()
+                self.held = state.claim(self.spec.name, record)
+        except (state.NameInUse, FileExistsError):
+            raise in_use from None
+        except OSError as e:
+            # without its state no gc could ever reclaim the sandbox: refuse to start
+            raise errors.SandboxError(f"cannot write the sandbox state in {state.state_dir()}: {e.strerror}") from None
 
     def _state_record(self, cg: JobCgroup) -> records.State:
         spec, facts = self.spec, self.facts
@@ -151,7 +154,7 @@ class Launch:
         return records.State(
             name=spec.name,
             uid=self.privilege.uid,
-            **state.launcher_identity(),
+            **self.identity,
             init_host_pid=self.init_pid,
             cgroup=primary,
             cgroup_version=version,

@@ -158,18 +158,6 @@ def claim(name: str, record: State, directory: str | None = None) -> Held:
     raise OSError(errno.EAGAIN, "state temp file swept repeatedly")
 
 
-def write(name: str, record: State, directory: str | None = None) -> None:
-    """Replace a state without holding it (tests and tools; a launcher uses Held)."""
-    directory = directory or state_dir()
-    os.makedirs(directory, mode=0o755, exist_ok=True)
-    made = _locked_temp(path_for(name, directory), record)
-    if made is None:
-        raise OSError(errno.EAGAIN, "state temp file swept")
-    fd, tmp = made
-    os.rename(tmp, path_for(name, directory))
-    os.close(fd)
-
-
 def read(name: str, directory: str | None = None) -> dict[str, Any] | None:
     import json
 
