@@ -155,7 +155,7 @@ def _scancel_a_sigterm_ignoring_job(slurm: Slurm, options: str) -> str:
 
 
 def test_sigterm_ignoring_job_within_killwait_is_reported(slurm: Slurm) -> None:
-    """KillWait=5 in the lane: with a kill grace below it, sandbox-run SIGKILLs the job
+    """KillWait=10 in the lane: with a kill grace of 2 s below it, sandbox-run SIGKILLs the job
     itself and writes its report before Slurm's SIGKILL."""
     r = f"r-{_tag()}.json"
     _scancel_a_sigterm_ignoring_job(slurm, f"--kill-grace 2 --report {r}")
@@ -164,7 +164,7 @@ def test_sigterm_ignoring_job_within_killwait_is_reported(slurm: Slurm) -> None:
 
 
 def test_killwait_shorter_than_kill_grace_leaves_nothing_after_the_epilog(slurm: Slurm) -> None:
-    """--kill-grace 30 > KillWait 5: Slurm SIGKILLs the launcher mid-grace. Its sandbox
+    """--kill-grace 30 > KillWait 10: Slurm SIGKILLs the launcher mid-grace. Its sandbox
     cgroup under the task's (it has a limit of its own) would block Slurm's own cgroup
     cleanup; the shipped Epilog (helpers/slurm-epilog: `sandbox gc --stale-only`)
     reclaims it, and the job's cgroups go."""
