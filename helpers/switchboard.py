@@ -56,8 +56,15 @@ V1_WANTED = {
 V2_CONTROLLERS = ("memory", "pids", "cpu", "io")
 # What the caller gets: its directory (sub-cgroups, as with systemd's Delegate=) and the files
 # to move its own processes, kill and freeze its own job. Never a limit file: limits are ours.
-HANDED_V1 = ("cgroup.procs", "tasks", "freezer.state")
+# On v1 nothing that moves processes: a v1 move needs only write access to the destination's
+# cgroup.procs and the same uid as the process, so a member holding one (or a directory, in
+# which mkdir makes member-owned cgroup.procs) could pull any process of its own -- a job that
+# root runs under the member's uid in a limited cgroup -- out of that cgroup. On v2 a move also
+# needs write access to the common ancestor, which keeps a delegated subtree to itself.
+HANDED_V1 = ("freezer.state",)
 HANDED_V2 = ("cgroup.procs", "cgroup.threads", "cgroup.subtree_control", "cgroup.kill", "cgroup.freeze")
+# Where a sandbox's owner is recorded: the v2 directory, or the one file a v1 cgroup hands over.
+OWNER_V1 = "freezer.state"
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -343,8 +350,10 @@ def parse_hierarchies(mountinfo: str, proc_cgroup: str) -> tuple[str, Hierarchie
     return kind, out
 
 
-def hierarchies() -> tuple[str, Hierarchies]:
-    """The host's hierarchies, read from the kernel now (never from the caller)."""
+def hierarchies() -> tuple[str, Hierarchies, str]:
+    """The host's hierarchies and the text of our /proc/self/cgroup, read from the kernel
+    now (never from the caller). A forked and exec'd setuid process sits where the process
+    that ran it sits, so our own cgroups are the caller's: the request cannot name them."""
     with open("/proc/self/mountinfo") as f:
         mountinfo = f.read()
     with open("/proc/self/cgroup") as f:
@@ -352,7 +361,86 @@ def hierarchies() -> tuple[str, Hierarchies]:
     kind, out = parse_hierarchies(mountinfo, proc_cgroup)
     if not out:
         raise Broken("no cgroup hierarchy is mounted")
-    return kind, out
+    return kind, out, proc_cgroup
+
+
+def cgroup_of(proc_cgroup: str, key: str) -> str | None:
+    """The path in hierarchy `key` (a v1 controller or 'unified') of a /proc/PID/cgroup text."""
+    for entry in proc_cgroup.splitlines():
+        parts = entry.split(":", 2)
+        if len(parts) != 3:
+            continue
+        if key == "unified" and parts[0] == "0" and parts[1] == "":
+            return parts[2]
+        if key != "unified" and key in parts[1].split(","):
+            return parts[2]
+    return None
+
+
+def nested_parents(configured: Parents, layout: Hierarchies, proc_cgroup: str) -> tuple[Parents, set[str]]:
+    """Where the caller's sandbox goes, per hierarchy, and which keys nest: inside the
+    caller's own cgroup (where a root launcher there would put it), so that whatever
+    encloses the caller -- a batch slot, a Slurm step, a systemd unit -- encloses and
+    accounts the sandbox too. Only a caller at the root of a hierarchy (a login node),
+    which nothing encloses, gets the configured parent there."""
+    out: Parents = {}
+    nested: set[str] = set()
+    for key, (mountpoint, root) in layout.items():
+        path = cgroup_of(proc_cgroup, key)
+        if path is None or path == "/" or key not in configured:
+            out[key] = configured[key]
+            continue
+        try:
+            path = check_path(path)
+        except Refusal:
+            raise Refusal(f"the caller's {key} cgroup {path!r} is not a normalized path") from None
+        shown = root.rstrip("/")
+        if shown and not (path == shown or path.startswith(shown + "/")):
+            raise Refusal(f"the caller's {key} cgroup {path} is not visible in the mount at {mountpoint}")
+        out[key] = (mountpoint, path[len(shown) :].strip("/"), path)
+        nested.add(key)
+    return out, nested
+
+
+def may_attach(pid_cgroup: str, caller_cgroup: str, keys: Collection[str]) -> str | None:
+    """None if a process whose /proc/PID/cgroup is `pid_cgroup` may be moved into a sandbox
+    of a caller whose own is `caller_cgroup`, else why not. The process must sit in the
+    very cgroup the caller sits in, in every hierarchy the sandbox has (where the launcher
+    forks init): never in another sandbox, a batch step or anything the caller does not
+    sit in itself, which is what cgroup v2's common-ancestor rule asks of a delegated user."""
+    for key in keys:
+        where, mine = cgroup_of(pid_cgroup, key), cgroup_of(caller_cgroup, key)
+        if where is None or where != mine:
+            return f"process is not in the caller's own {key} cgroup"
+    return None
+
+
+LIMIT_FILES = {  # (hierarchy key, limit) -> the file an enclosing cgroup bounds it with
+    ("memory", "memory"): "memory.limit_in_bytes",
+    ("unified", "memory"): "memory.max",
+    ("pids", "pids"): "pids.max",
+    ("unified", "pids"): "pids.max",
+}
+
+
+def parse_limit(text: str) -> int | None:
+    """A limit file's value: None for unlimited ('max', v1's page-rounded LONG_MAX, empty)."""
+    text = text.strip()
+    if not text.isdigit():
+        return None
+    value = int(text)
+    return None if value >= 1 << 62 else value
+
+
+def enclosing_limits(found: Collection[tuple[str, str]]) -> dict[str, int]:
+    """The tightest bound per limit among (limit, file text) pairs read from the cgroups
+    that enclose a nested sandbox: a sandbox's limit above it would be a number, not a bound."""
+    out: dict[str, int] = {}
+    for lim, text in found:
+        value = parse_limit(text)
+        if value is not None:
+            out[lim] = min(value, out.get(lim, value))
+    return out
 
 
 Parents = dict[str, tuple[str, str, str]]  # key -> (mountpoint, parent relative to it, hierarchy path)
@@ -457,8 +545,8 @@ class Job:
     """One sandbox's cgroup directories, each held open as an fd."""
 
     def __init__(self, cfg: dict[str, object], name: str) -> None:
-        self.kind, layout = hierarchies()
-        self.parents = parent_paths(cfg, layout)
+        self.kind, layout, self.own_cgroup = hierarchies()
+        self.parents, self.nested = nested_parents(parent_paths(cfg, layout), layout, self.own_cgroup)
         self.dirname = PREFIX + name
         self.fds: dict[str, int] = {}
         self.parent_fds: dict[str, int] = {}
@@ -480,9 +568,41 @@ class Job:
         return None
 
     def open_parents(self, create: bool = False) -> None:
+        # Only the configured parent is ever made here; a caller's own cgroup exists.
         for key, (mountpoint, rel, _) in self.parents.items():
             if key not in self.parent_fds:
-                self.parent_fds[key] = open_dir(os.path.join(mountpoint, rel), create_last=create and bool(rel))
+                make = create and bool(rel) and key not in self.nested
+                self.parent_fds[key] = open_dir(os.path.join(mountpoint, rel), create_last=make)
+
+    def enclosing(self) -> dict[str, int]:
+        """The limits of the parents and all their ancestors, read through fds."""
+        found: list[tuple[str, str]] = []
+        for key, (mountpoint, rel, _) in self.parents.items():
+            files = [(lim, name) for (k, lim), name in LIMIT_FILES.items() if k == key]
+            if not files:
+                continue
+            fd = open_dir(mountpoint)
+            try:
+                for part in [None, *rel.split("/")] if rel else [None]:
+                    if part is not None:
+                        nfd = os.open(part, DIR_FLAGS, dir_fd=fd)
+                        os.close(fd)
+                        fd = nfd
+                    found += [(lim, read_at(fd, name)) for lim, name in files]
+            finally:
+                os.close(fd)
+        return enclosing_limits(found)
+
+    def owners(self) -> set[int]:
+        """Who this sandbox was handed to, from the kernel: the owner of each v2 directory
+        and of each v1 cgroup's handed file (only root chowns, and only here)."""
+        out = set()
+        for key, fd in self.fds.items():
+            if key == "unified":
+                out.add(os.fstat(fd).st_uid)
+            elif exists_at(fd, OWNER_V1):
+                out.add(os.stat(OWNER_V1, dir_fd=fd, follow_symlinks=False).st_uid)
+        return out
 
     def open_existing(self, caller: Caller) -> None:
         """Open the job's directories and check they are the caller's: the owner of a
@@ -499,10 +619,10 @@ class Job:
             except OSError as e:
                 raise Refusal(f"cannot open {self.path(key)}: {e.strerror}") from None
             self.fds[key] = fd
-            if caller.uid not in (0, os.fstat(fd).st_uid):
-                raise Refusal(f"sandbox {self.dirname[len(PREFIX):]} belongs to another user")
         if not self.fds:
             raise Refusal(f"no sandbox named {self.dirname[len(PREFIX):]}")
+        if caller.uid != 0 and self.owners() != {caller.uid}:
+            raise Refusal(f"sandbox {self.dirname[len(PREFIX):]} belongs to another user")
 
     def close(self) -> None:
         for fd in (*self.fds.values(), *self.parent_fds.values()):
@@ -522,9 +642,11 @@ def _enable_v2_controllers(job: Job) -> set[str]:
     """Make memory/pids/cpu/io available to children of the configured v2 parent: enable
     them in every ancestor's cgroup.subtree_control from the mount root down (adding only)."""
     mountpoint, rel, _ = job.parents["unified"]
-    fd = open_dir(mountpoint)
+    # In a caller's own cgroup only that cgroup is ours to enable controllers in (its
+    # ancestors belong to whatever encloses the caller); the configured parent's chain is.
+    fd = open_dir(os.path.join(mountpoint, rel) if "unified" in job.nested else mountpoint)
     try:
-        for part in [*rel.split("/"), None] if rel else [None]:
+        for part in [*rel.split("/"), None] if rel and "unified" not in job.nested else [None]:
             enabled = set(read_at(fd, "cgroup.subtree_control").split())
             missing = controllers_to_enable(read_at(fd, "cgroup.controllers"), enabled)
             if missing:
@@ -542,8 +664,15 @@ def _enable_v2_controllers(job: Job) -> set[str]:
     return set()
 
 
-def effective_limits(cfg: dict[str, object], asked: dict[str, int | float | None]) -> dict[str, int | float | None]:
-    """The request's limits within the configured maxima; an unset limit becomes the maximum."""
+def effective_limits(
+    cfg: dict[str, object], asked: dict[str, int | float | None], enclosing: dict[str, int] | None = None
+) -> dict[str, int | float | None]:
+    """The request's limits within the configured maxima and the `enclosing` cgroups'
+    limits; an unset limit becomes the tighter of the two."""
+    for key, bound in (enclosing or {}).items():
+        value = asked.get(key)
+        if value is not None and value > bound:
+            raise Refusal(f"{key} {value} is above the enclosing cgroup's limit {bound}")
     lim = cfg.get("limits", {})
     if not isinstance(lim, dict):
         raise Broken("config: [limits] must be a table")
@@ -563,6 +692,9 @@ def effective_limits(cfg: dict[str, object], asked: dict[str, int | float | None
             raise Refusal(f"cpus {out['cpus']} is above the maximum {max_cpus}")
         if out["cpus"] is None:
             out["cpus"] = float(max_cpus)
+    for key, bound in (enclosing or {}).items():
+        if out.get(key) is None or out[key] > bound:  # type: ignore[operator]
+            out[key] = bound
     if out["memory"] is None and out["swap"]:
         raise Refusal("swap needs a memory limit")
     return out
@@ -618,13 +750,35 @@ def under_execute_root(roots: Collection[object], path: str) -> bool:
     return any(path == r or path.startswith(str(r).rstrip("/") + "/") for r in roots)
 
 
+def as_caller(caller: Caller, walk: Callable[[], int]) -> int:
+    """Run a path walk with the caller's file credentials (effective ids and groups: the
+    ids file access checks use), so that its answer -- a refusal's wording included --
+    is what the caller could learn by looking: in a directory it cannot search, an
+    existing path, a missing one and a symbolic link all fail alike with EACCES.
+    The saved uid stays 0 to return; a process whose ids changed is not dumpable, and
+    signals check the real and saved uids (0), so the caller gains nothing meanwhile."""
+    if caller.uid == 0:
+        return walk()
+    os.setgroups(sorted(caller.groups))
+    os.setegid(caller.gid)
+    os.seteuid(caller.uid)
+    try:
+        return walk()
+    except PermissionError:
+        raise Refusal("execute_dir is not accessible to the caller") from None
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+        os.setgroups([])
+
+
 def check_execute_dir(cfg: dict[str, object], caller: Caller, path: str) -> list[int]:
     roots = cfg.get("execute_roots", [])
     if not isinstance(roots, list):
         raise Broken("config: execute_roots must be a list")
     if not under_execute_root(roots, path):
         raise Refusal(f"execute_dir {path} is not under an allowed execute root")
-    fd = open_dir(path)
+    fd = as_caller(caller, lambda: open_dir(path))
     try:
         st = os.fstat(fd)
         if caller.uid not in (0, st.st_uid):
@@ -635,13 +789,14 @@ def check_execute_dir(cfg: dict[str, object], caller: Caller, path: str) -> list
 
 
 def op_create(cfg: dict[str, object], caller: Caller, req: dict[str, object]) -> dict[str, object]:
-    limits = effective_limits(cfg, req["limits"])  # type: ignore[arg-type]
+    effective_limits(cfg, req["limits"])  # type: ignore[arg-type]
     checked = check_execute_dir(cfg, caller, str(req["execute_dir"])) if "execute_dir" in req else None
     job = Job(cfg, str(req["name"]))
     made: list[str] = []
     try:
         # The parent first: on v2 the controllers are enabled down to and in it.
         job.open_parents(create=True)
+        limits = effective_limits(cfg, req["limits"], job.enclosing())  # type: ignore[arg-type]
         v2_enabled = _enable_v2_controllers(job) if job.kind == "v2" else set()
         needed = {"memory": "memory", "pids": "pids", "cpus": "cpu"}
         for lim, ctrl in needed.items():
@@ -664,8 +819,8 @@ def op_create(cfg: dict[str, object], caller: Caller, req: dict[str, object]) ->
             for name in HANDED_V2 if key == "unified" else HANDED_V1:
                 if exists_at(fd, name):
                     os.chown(name, caller.uid, caller.gid, dir_fd=fd, follow_symlinks=False)
-            # the directory last: its owner is the record of whose sandbox this is
-            os.fchown(fd, caller.uid, caller.gid)
+            if key == "unified":  # last: its owner is the record of whose sandbox this is
+                os.fchown(fd, caller.uid, caller.gid)
     except BaseException as e:
         for key in made:
             try:
@@ -698,6 +853,14 @@ def _status_uids(pid: int) -> set[int]:
     return set()
 
 
+def _read_proc_cgroup(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            return f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
+
+
 def op_attach(cfg: dict[str, object], caller: Caller, req: dict[str, object]) -> dict[str, object]:
     pid = int(req["pid"])  # type: ignore[call-overload]
     job = Job(cfg, str(req["name"]))
@@ -713,6 +876,9 @@ def op_attach(cfg: dict[str, object], caller: Caller, req: dict[str, object]) ->
         try:
             if _status_uids(pid) != {caller.uid} or not _pidfd_alive(pidfd):
                 raise Refusal(f"process {pid} is not the caller's")
+            why = may_attach(_read_proc_cgroup(pid), job.own_cgroup, job.fds)
+            if why is not None:
+                raise Refusal(f"cannot attach {pid}: {why}")
             for fd in job.fds.values():
                 write_at(fd, "cgroup.procs", str(pid))
             if not _pidfd_alive(pidfd) or _status_uids(pid) != {caller.uid}:
@@ -726,15 +892,74 @@ def op_attach(cfg: dict[str, object], caller: Caller, req: dict[str, object]) ->
     return {}
 
 
+# A member's job may nest sub-cgroups as deep as it likes (on v2, in the directory it was
+# handed): walks keep at most this many directories open and reopen deeper ones by name,
+# so no tree runs the helper out of descriptors.
+MAX_HELD = 32
+
+
+class _Walk:
+    """Open directories below `root` by their path of names, holding descriptors only for
+    (at most MAX_HELD) prefixes of the path last opened, as a depth-first walk needs."""
+
+    def __init__(self, root: int) -> None:
+        self.path: list[str] = []
+        self.held: dict[int, int] = {0: root}  # depth -> fd of self.path[:depth]
+
+    def open(self, path: list[str]) -> int:
+        common = 0
+        while common < min(len(path), len(self.path)) and path[common] == self.path[common]:
+            common += 1
+        for depth in [d for d in self.held if d > common]:
+            os.close(self.held.pop(depth))
+        self.path = list(path)
+        base = max(d for d in self.held if d <= len(path))
+        fd = self.held[base]
+        for depth in range(base + 1, len(path) + 1):
+            fd = os.open(path[depth - 1], DIR_FLAGS, dir_fd=fd)
+            self.held[depth] = fd
+            if len(self.held) > MAX_HELD:
+                os.close(self.held.pop(min(d for d in self.held if d > 0)))
+        return fd
+
+    def close(self) -> None:
+        for depth in [d for d in self.held if d > 0]:
+            os.close(self.held.pop(depth))
+
+
+def _subdirs(fd: int) -> list[str]:
+    with os.scandir(fd) as it:
+        return [e.name for e in it if e.is_dir(follow_symlinks=False)]
+
+
+def _read_all(dir_fd: int, name: str) -> str:
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return ""
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks).decode()
+    finally:
+        os.close(fd)
+
+
 def _procs(fd: int) -> list[int]:
-    pids = [int(p) for p in read_at(fd, "cgroup.procs").split()]
-    for entry in os.scandir(fd):
-        if entry.is_dir(follow_symlinks=False):
-            sub = os.open(entry.name, DIR_FLAGS, dir_fd=fd)
+    """Every process in the tree below (and in) the directory `fd`, however deep."""
+    walk, pids, todo = _Walk(fd), [], [[]]  # type: ignore[var-annotated]
+    try:
+        while todo:
+            path = todo.pop()
             try:
-                pids += _procs(sub)
-            finally:
-                os.close(sub)
+                here = walk.open(path)
+                pids += [int(p) for p in _read_all(here, "cgroup.procs").split()]
+                todo += [[*path, name] for name in _subdirs(here)]
+            except FileNotFoundError:  # removed meanwhile (by its owner): nothing in it
+                continue
+    finally:
+        walk.close()
     return pids
 
 
@@ -779,15 +1004,29 @@ def _kill_v1(fd: int, key: str, path: str, freezer: int | None, deadline: float)
         time.sleep(0.005)
 
 
-def _rmdir_tree(parent: int, name: str) -> None:
-    fd = os.open(name, DIR_FLAGS, dir_fd=parent)
+def _rmdir_tree(parent: int, name: str, deadline: float) -> None:
+    """Remove the (emptied) cgroup `name` and every directory below it, deepest first,
+    without recursion and with a bounded number of open descriptors."""
+    walk, todo = _Walk(parent), [([name], False)]
     try:
-        for entry in list(os.scandir(fd)):
-            if entry.is_dir(follow_symlinks=False):
-                _rmdir_tree(fd, entry.name)
+        while todo:
+            if time.monotonic() > deadline:
+                raise Refusal("the sandbox's cgroup tree could not be removed in time")
+            path, listed = todo.pop()
+            if not listed:
+                try:
+                    subs = _subdirs(walk.open(path))
+                except FileNotFoundError:
+                    continue
+                todo.append((path, True))
+                todo += [([*path, sub], False) for sub in subs]
+                continue
+            try:
+                os.rmdir(path[-1], dir_fd=walk.open(path[:-1]))
+            except FileNotFoundError:
+                pass
     finally:
-        os.close(fd)
-    os.rmdir(name, dir_fd=parent)
+        walk.close()
 
 
 def op_destroy(cfg: dict[str, object], caller: Caller, req: dict[str, object]) -> dict[str, object]:
@@ -806,7 +1045,7 @@ def op_destroy(cfg: dict[str, object], caller: Caller, req: dict[str, object]) -
             _kill_v1(fd, key, job.hierarchy_path(key), job.fds.get("freezer") if key != "unified" else None, deadline)
         for key, pfd in job.parent_fds.items():
             if key in job.fds and job.comounted_with(key) is None:
-                _rmdir_tree(pfd, job.dirname)
+                _rmdir_tree(pfd, job.dirname, deadline + 50)
     except OSError as e:
         raise Refusal(f"cannot destroy {req['name']}: {e.strerror}") from None
     finally:

@@ -92,8 +92,10 @@ def _installed() -> Iterator[None]:
         shutil.chown(OUTSIDE, MEMBER, MEMBER)
         (XROOT / MEMBER).mkdir(exist_ok=True)
         shutil.chown(XROOT / MEMBER, MEMBER, MEMBER)
+        make_slot(SLOT)
         yield
     finally:
+        remove_slot(_dirs(SLOT))
         for user in users:
             subprocess.run(["userdel", "-r", user], capture_output=True, check=False)
         for d in (XROOT, OUTSIDE):
@@ -121,27 +123,82 @@ def _installed() -> Iterator[None]:
             p.unlink()
 
 
-def _parents() -> list[str]:
+HIERARCHIES = (("memory", "memory"), ("pids", "pids"), ("cpu", "cpu"), ("blkio", "blkio"), ("unified", "unified"))
+SLOT = "sbt-slot"  # where the tests' members sit, as in a batch slot: their sandboxes nest in it
+
+
+def _dirs(name: str) -> list[str]:
+    """`name` below our own cgroup, in each hierarchy the switchboard uses here."""
     out = []
-    for key, mount in (("memory", "memory"), ("pids", "pids"), ("cpu", "cpu"), ("blkio", "blkio"),
-                       ("unified", "unified")):
+    for key, mount in HIERARCHIES:
         base = f"/sys/fs/cgroup/{mount}"
         if os.path.isdir(base):
-            out.append(base + _own_cgroup(key).rstrip("/") + "/sbt-switchboard")
+            out.append(base + _own_cgroup(key).rstrip("/") + "/" + name)
     return out
 
 
-def as_user(user: str) -> list[str]:
+def _parents() -> list[str]:
+    return _dirs("sbt-switchboard") + _dirs(SLOT)
+
+
+def make_slot(name: str, memory: int | None = None) -> list[str]:
+    """A root-made cgroup in every hierarchy standing in for a batch slot."""
+    dirs = _dirs(name)
+    for d in dirs:
+        os.makedirs(d, exist_ok=True)
+        if memory is not None and os.path.exists(os.path.join(d, "memory.limit_in_bytes")):
+            Path(d, "memory.limit_in_bytes").write_text(str(memory))
+    return dirs
+
+
+def remove_slot(dirs: list[str]) -> None:
+    """Remove a slot and anything left in it, deepest first (a leftover fails the test)."""
+    for d in dirs:
+        for dirpath, _sub, _files in sorted(os.walk(d), key=lambda e: -e[0].count("/")):
+            for _ in range(100):
+                try:
+                    os.rmdir(dirpath)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:  # processes still leaving
+                    import time
+
+                    time.sleep(0.05)
+
+
+def in_slot(dirs: list[str], cmd: list[str]) -> list[str]:
+    """`cmd`, started inside the slot: root moves the shell there, then execs `cmd`."""
+    procs = " ".join(f"'{d}/cgroup.procs'" for d in dirs)
+    return ["/bin/sh", "-c", f'for f in {procs}; do echo $$ > "$f" || exit 99; done; exec "$@"', "sh", *cmd]
+
+
+def as_user(user: str, slot: str = SLOT) -> list[str]:
     # Through a shell: setpriv itself execs with root's capabilities still in effect
     # (the kernel then lets a non-member run the 4750 wrapper); a shell started by it
     # has none, like a real login.
-    return ["setpriv", "--reuid", user, "--regid", user, "--init-groups", "/bin/sh", "-c", 'exec "$0" "$@"']
+    login = ["setpriv", "--reuid", user, "--regid", user, "--init-groups", "/bin/sh", "-c", 'exec "$0" "$@"']
+    return in_slot(_dirs(slot), login)
+
+
+def started(proc: subprocess.Popen[bytes], comm: str = "sleep") -> subprocess.Popen[bytes]:
+    """Wait until the shell that `in_slot` starts has become `comm` (so the PID is the job's)."""
+    import time
+
+    for _ in range(500):
+        try:
+            if Path(f"/proc/{proc.pid}/comm").read_text().strip() == comm:
+                return proc
+        except FileNotFoundError:
+            break
+        time.sleep(0.01)
+    raise AssertionError(f"{comm} did not start")
 
 
 def snapshot() -> set[tuple[str, int]]:
     found = set()
     for parent in _parents():
-        for dirpath, _dirs, _files in os.walk(parent):
+        for dirpath, _subdirs, _files in os.walk(parent):
             if dirpath != parent:  # the parent itself is made once and stays
                 found.add((dirpath, os.stat(dirpath).st_uid))
     return found
@@ -205,8 +262,12 @@ def test_create_attach_destroy(switchboard: None, cleanup: list[tuple[str, str]]
     reply = json.loads(r.stdout)
     uid = int(subprocess.run(["id", "-u", MEMBER], capture_output=True, text=True, check=True).stdout)
     for key, path in reply["paths"].items():
-        assert os.stat(path).st_uid == uid, key
-        assert os.stat(os.path.join(path, "cgroup.procs")).st_uid == uid
+        assert SLOT in path, path  # nested where the caller sits
+        # v2: the directory, as a delegation (a move needs the common ancestor, which stays
+        # root's); v1: nothing that moves a process (a v1 move needs only the destination)
+        owner = uid if key == "unified" else 0
+        assert os.stat(path).st_uid == owner, key
+        assert os.stat(os.path.join(path, "cgroup.procs")).st_uid == owner, key
     if "memory" in reply["paths"]:
         assert Path(reply["paths"]["memory"], "memory.limit_in_bytes").read_text().strip() == str(1 << 26)
         assert os.stat(os.path.join(reply["paths"]["memory"], "memory.limit_in_bytes")).st_uid == 0
@@ -214,7 +275,9 @@ def test_create_attach_destroy(switchboard: None, cleanup: list[tuple[str, str]]
     assert reply["limits"]["pids"] == 512
     refused(MEMBER, {"op": "create", "name": "sbt-ok", "limits": {}}, "already exists")
     # another user's sandbox: neither attach nor destroy
-    sleeper = subprocess.Popen(["setpriv", "--reuid", MEMBER2, "--regid", MEMBER2, "--init-groups", "sleep", "60"])
+    sleeper = subprocess.Popen(in_slot(_dirs(SLOT), ["setpriv", "--reuid", MEMBER2, "--regid", MEMBER2, "--init-groups",
+                                                     "sleep", "60"]))
+    started(sleeper)
     try:
         refused(MEMBER2, {"op": "destroy", "name": "sbt-ok"}, "another user")
         refused(MEMBER2, {"op": "attach", "name": "sbt-ok", "pid": sleeper.pid}, "another user")
@@ -224,7 +287,9 @@ def test_create_attach_destroy(switchboard: None, cleanup: list[tuple[str, str]]
     finally:
         sleeper.kill()
         sleeper.wait()
-    mine = subprocess.Popen(["setpriv", "--reuid", MEMBER, "--regid", MEMBER, "--init-groups", "sleep", "60"])
+    mine = subprocess.Popen(in_slot(_dirs(SLOT), ["setpriv", "--reuid", MEMBER, "--regid", MEMBER, "--init-groups",
+                                                  "sleep", "60"]))
+    started(mine)
     try:
         r = ask(MEMBER, {"op": "attach", "name": "sbt-ok", "pid": mine.pid})
         assert r.returncode == 0, r.stderr
@@ -371,7 +436,7 @@ def test_member_runs_sandbox_run(switchboard: None, tmp_path: Path) -> None:
     data = json.loads(report.read_text())
     assert data["status"] == "exited" and data["memory_limit_bytes"] == 64 << 20
     assert data["cpu_user_seconds"] is not None and data["memory_peak_bytes"]
-    assert "sbt-switchboard" in data["cgroup"]
+    assert f"{SLOT}/sandbox-" in data["cgroup"]  # nested in the slot the member sits in
     assert snapshot() == before  # destroyed at the end
 
 

@@ -64,11 +64,16 @@ def _tree(k: FakeKernel) -> dict[str, str | None]:
 def two_kernels(kernel_factory, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]  # noqa: F811
     """make(kind) -> (kernel for the package, kernel for the switchboard), alike."""
 
-    def make(kind: str, **kw: bool) -> tuple[FakeKernel, FakeKernel]:
+    def make(kind: str, caller_in: str | None = None, **kw: bool) -> tuple[FakeKernel, FakeKernel]:
         mine, theirs = kernel_factory(kind, **kw), kernel_factory(kind, **kw)
+        if caller_in is not None:  # the caller (and a root launcher beside it) sits there in every hierarchy
+            for k in (mine, theirs):
+                lines = k.proc_cgroup.splitlines()
+                k.proc_cgroup = "".join(f"{line.rsplit(':', 1)[0]}:{caller_in}\n" for line in lines)
         # a cgroupfs write replaces the value (the fixture does the same for the package)
         monkeypatch.setattr(sb, "write_at", lambda fd, name, value: cgroupfs_write(f"/proc/self/fd/{fd}/{name}", value))
-        monkeypatch.setattr(sb, "hierarchies", lambda: sb.parse_hierarchies(theirs.mountinfo, theirs.proc_cgroup))
+        monkeypatch.setattr(sb, "hierarchies", lambda: (*sb.parse_hierarchies(theirs.mountinfo, theirs.proc_cgroup),
+                                                        theirs.proc_cgroup))
         return mine, theirs
 
     return make
@@ -110,17 +115,22 @@ def test_same_names(name: str) -> None:
     assert ours == theirs, name
 
 
+@pytest.mark.parametrize("nested", [True, False], ids=["caller-in-slot", "caller-at-root"])
 @pytest.mark.parametrize("limits", LIMITS, ids=lambda lim: ",".join(f"{k}={v}" for k, v in lim._asdict().items() if v))
 @pytest.mark.parametrize(("kind", "kw"), KERNELS)
-def test_same_directories_limits_and_tree(two_kernels, kind: str, kw: dict[str, bool], limits: Limits) -> None:  # type: ignore[no-untyped-def]
-    mine, theirs = two_kernels(kind, **kw)
+def test_same_directories_limits_and_tree(two_kernels, kind: str, kw: dict[str, bool], limits: Limits,  # type: ignore[no-untyped-def]
+                                          nested: bool) -> None:
+    # A caller in a slot: the switchboard nests the sandbox in the caller's own cgroup, where
+    # the package as root, sitting there too, puts it by default. A caller at the root of
+    # every hierarchy (a login node): the configured parent, as root's --cgroup-parent.
+    mine, theirs = two_kernels(kind, PARENT if nested else "/", **kw)
     before = _tree(theirs)
     assert _tree(mine) == before
     # the package, as root
-    cg = job_cgroup("agree", PARENT, mine.layout())
+    cg = job_cgroup("agree", None if nested else PARENT, mine.layout())
     cg.create(limits)
     # the switchboard, for a caller, with no maxima configured (the request as asked)
-    cfg = {"cgroup": {"parent": PARENT}}
+    cfg = {"cgroup": {"parent": "/elsewhere" if nested else PARENT}}
     reply = sb.op_create(cfg, sb.Caller(), _request("agree", limits))
     assert reply["layout"] == cg.version
     assert reply["limits"] == _request("agree", limits)["limits"]
@@ -149,14 +159,14 @@ def test_same_directories_limits_and_tree(two_kernels, kind: str, kw: dict[str, 
 @pytest.mark.parametrize("kind", ["v1", "v2"])
 def test_both_refuse_swap_without_swap_accounting(two_kernels, kind: str) -> None:  # type: ignore[no-untyped-def]
     kw = {"memsw": False} if kind == "v1" else {}
-    mine, theirs = two_kernels(kind, **kw)
+    mine, theirs = two_kernels(kind, PARENT, **kw)
     if kind == "v2":
         for k in (mine, theirs):
             k.omit_files.add("memory.swap.max")
     before = _tree(theirs)
     limits = Limits(memory_bytes=64 << 20, swap_bytes=1 << 20)
     with pytest.raises(CgroupError, match="swap"):
-        job_cgroup("noswap", PARENT, mine.layout()).create(limits)
+        job_cgroup("noswap", None, mine.layout()).create(limits)
     with pytest.raises(sb.Refusal, match="swap"):
         sb.op_create({"cgroup": {"parent": PARENT}}, sb.Caller(), _request("noswap", limits))
     # nothing half-done on either side (the v2 parent's enabled controllers are the one
