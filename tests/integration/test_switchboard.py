@@ -417,10 +417,10 @@ def test_hostile_environment(switchboard: None, tmp_path: Path, cleanup: list[tu
     assert not marker.exists()
 
 
-def _run_as(user: str, *args: str) -> subprocess.CompletedProcess[str]:
+def _run_as(user: str, *args: str, slot: str = SLOT) -> subprocess.CompletedProcess[str]:
     home = f"/home/{user}"
     return subprocess.run(
-        [*as_user(user), SANDBOX_RUN, *args],
+        [*as_user(user, slot), SANDBOX_RUN, *args],
         capture_output=True, text=True, timeout=120, check=False, cwd=home,
         env={"PATH": "/usr/bin:/bin", "HOME": home, "XDG_RUNTIME_DIR": home},
     )
@@ -466,3 +466,174 @@ def test_member_runs_in_its_execute_dir(switchboard: None) -> None:
     finally:
         shutil.rmtree(xdir / ".sandbox-tmp", ignore_errors=True)
         shutil.rmtree(xdir / ".sandbox-var-tmp", ignore_errors=True)
+
+
+# -- containment: what a member gets stays inside what it was given ----------------------
+
+
+def _sandboxes_in(dirs: list[str]) -> list[str]:
+    return [os.path.join(dp, n) for d in dirs for dp, subs, _f in os.walk(d) for n in subs if n.startswith("sandbox-")]
+
+
+def test_sandbox_nests_in_the_members_slot_and_its_limit_holds(switchboard: None) -> None:
+    """A root-made cgroup with a 100 MiB limit stands in for a batch slot: the member's
+    sandbox is a child of it, so the slot's limit holds (OOM kill) and it accounts the job."""
+    dirs = make_slot("sbt-slot100", memory=100 << 20)
+    report = Path(f"/home/{MEMBER}/report-slot.json")
+    try:
+        r = _run_as(MEMBER, "--report", str(report), "--", "/usr/bin/python3", "-c", "b = bytearray(300 << 20)",
+                    slot="sbt-slot100")
+        assert r.returncode == 137, r.stderr
+        assert "sbt-slot100/sandbox-" in json.loads(report.read_text())["cgroup"]
+        # a limit above what encloses the caller is refused, with one line, nothing made
+        r = _run_as(MEMBER, "--mem", "200M", "--", "true", slot="sbt-slot100")
+        assert r.returncode == 125 and "above the enclosing cgroup's limit" in r.stderr, r.stderr
+        assert r.stderr.count("\n") == 1, r.stderr
+        assert _sandboxes_in(dirs) == []
+    finally:
+        report.unlink(missing_ok=True)
+        remove_slot(dirs)
+
+
+def _job_pid(uid: int, marker: str, timeout: float = 20) -> int:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                if os.stat(entry.path).st_uid == uid and marker in Path(entry.path, "cmdline").read_text():
+                    return int(entry.name)
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+        time.sleep(0.05)
+    raise AssertionError(f"no process of uid {uid} with {marker!r}")
+
+
+WRITE_EVERYWHERE = """
+import os, sys
+pid, hits = sys.argv[1], []
+for d in sys.argv[2:]:
+    for name in os.listdir(d):
+        path = os.path.join(d, name)
+        if os.path.isdir(path):
+            continue
+        try:
+            with open(path, "w") as f:
+                f.write(pid)
+            hits.append(path)
+        except OSError:
+            pass
+    try:
+        os.mkdir(os.path.join(d, "pull"))
+        hits.append(d + "/pull (mkdir)")
+        os.rmdir(os.path.join(d, "pull"))
+    except OSError:
+        pass
+print(hits)
+"""
+
+
+def test_member_cannot_pull_roots_user_job_out_of_its_cgroup(switchboard: None, cleanup: list[tuple[str, str]]) -> None:
+    """Root runs a --user MEMBER --mem 64M job. The member makes a sandbox and asks to
+    attach the job's PID, then writes that PID into every file it was handed (and tries
+    a sub-cgroup of its own on v1): the job stays where it is and is OOM-killed at 64M."""
+    uid = int(subprocess.run(["id", "-u", MEMBER], capture_output=True, text=True, check=True).stdout)
+    marker = "sbt-pull-victim"
+    job = subprocess.Popen(
+        [SANDBOX_RUN, "--user", MEMBER, "--mem", "64M", "--", "/usr/bin/python3", "-c",
+         f"import time; time.sleep(3); b = bytearray(200 << 20); time.sleep(2)  # {marker}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        pid = _job_pid(uid, marker)
+        where = Path(f"/proc/{pid}/cgroup").read_text()
+        r = ask(MEMBER, {"op": "create", "name": "sbt-pull", "limits": {"memory": 1 << 30}})
+        assert r.returncode == 0, r.stderr
+        cleanup.append((MEMBER, "sbt-pull"))
+        paths = list(json.loads(r.stdout)["paths"].values())
+        refused(MEMBER, {"op": "attach", "name": "sbt-pull", "pid": pid}, "not in the caller's own")
+        w = subprocess.run([*as_user(MEMBER), "/usr/bin/python3", "-c", WRITE_EVERYWHERE, str(pid), *paths],
+                           capture_output=True, text=True, timeout=60, check=False)
+        assert w.returncode == 0, w.stderr
+        v1_hits = [h for h in eval(w.stdout) if "/unified/" not in h]
+        assert v1_hits == [], v1_hits  # nothing on v1 is writable by the member at all
+        assert Path(f"/proc/{pid}/cgroup").read_text() == where
+        _out, err = job.communicate(timeout=60)
+        assert job.returncode == 137, err
+    finally:
+        job.kill()
+        job.wait()
+
+
+DEEP = """
+import os, sys, time
+sandbox, depth = sys.argv[1], 1100
+fd = os.open(sandbox, os.O_RDONLY | os.O_DIRECTORY)
+for i in range(depth):
+    os.mkdir("n", dir_fd=fd)
+    nfd = os.open("n", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+    os.close(fd)
+    fd = nfd
+    if i in (500, depth - 1):
+        with open(os.open("cgroup.freeze", os.O_WRONLY, dir_fd=fd), "w") as f:
+            f.write("1")
+# the job's background sleeper into the deepest, frozen cgroup
+with open(os.open("cgroup.procs", os.O_WRONLY, dir_fd=fd), "w") as f:
+    f.write(sys.argv[2])
+os.close(fd)
+os.chmod(sandbox + "/n" * 800, 0)  # and a directory the helper would not enter without root's override
+print("ok")
+"""
+
+
+def test_a_hostile_tree_cannot_stop_teardown(switchboard: None) -> None:
+    """1,100 nested sub-cgroups in the member's (v2) sandbox, two frozen, one mode 000, a
+    process of the job in the deepest frozen one: after the job nothing of it is left."""
+    uid = int(subprocess.run(["id", "-u", MEMBER], capture_output=True, text=True, check=True).stdout)
+    before = snapshot()
+    home = f"/home/{MEMBER}"
+    job = subprocess.Popen(
+        [*as_user(MEMBER), SANDBOX_RUN, "--", "/bin/sh", "-c", "sleep 1000 & sleep 8"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=home,
+        env={"PATH": "/usr/bin:/bin", "HOME": home, "XDG_RUNTIME_DIR": home},
+    )
+    try:
+        sleeper = _job_pid(uid, "sleep\x001000")
+        unified = [d for d in _sandboxes_in(_dirs(SLOT)) if "/unified/" in d]
+        if not unified:
+            pytest.skip("no cgroup v2 hierarchy: a member gets no directory to nest in")
+        w = subprocess.run([*as_user(MEMBER), "/usr/bin/python3", "-c", DEEP, unified[0], str(sleeper)],
+                           capture_output=True, text=True, timeout=120, check=False)
+        assert w.stdout.strip() == "ok", w.stderr
+        _out, err = job.communicate(timeout=120)
+        assert job.returncode == 0, err
+        assert not os.path.exists(f"/proc/{sleeper}/status") or "Z" in Path(f"/proc/{sleeper}/stat").read_text()
+        assert snapshot() == before
+    finally:
+        job.kill()
+        job.wait()
+
+
+def test_execute_dir_is_no_oracle(switchboard: None) -> None:
+    """In another user's private directory, an existing directory, a missing one and a
+    symbolic link get the same reply: what the caller could learn by looking."""
+    private = XROOT / "sbt-private"
+    private.mkdir(mode=0o700, exist_ok=True)
+    (private / "exists").mkdir(exist_ok=True)
+    (private / "link").symlink_to(OUTSIDE)
+    for p in (private, private / "exists"):
+        shutil.chown(p, MEMBER2, MEMBER2)
+    try:
+        replies = set()
+        for leaf in ("exists", "missing", "link"):
+            before = snapshot()
+            r = ask(MEMBER, {"op": "create", "name": "orc", "limits": {}, "execute_dir": str(private / leaf)})
+            assert r.returncode == 1 and snapshot() == before
+            replies.add(r.stderr)
+        assert len(replies) == 1, replies
+        assert b"not accessible" in replies.pop()
+    finally:
+        shutil.rmtree(private)
