@@ -5,7 +5,8 @@ removed when it ends. From it we rebuild the sandbox's JobCgroup (the same objec
 launcher holds) and act through the cgroup interface only, so every layout works and
 the kernel, not a PID list we kept, says which processes belong to the job.
 
-Who may act: root, and the user whose real uid the launcher recorded. The `sandbox`
+Who may act: root, and the user the kernel says the sandbox is theirs (privilege.
+Ownership: who wrote the state file, who its cgroups were handed to). The `sandbox`
 CLI and the Python API (api.py) both call these functions: one implementation.
 """
 
@@ -44,11 +45,11 @@ def _fail(message: str) -> errors.SandboxError:
     return errors.SandboxError(message, errors.EXIT_SANDBOX_FAILED)
 
 
-def _read(name: str) -> dict[str, Any] | None:
+def _read(name: str) -> tuple[dict[str, Any], int] | None:
     for d in state_dirs():
-        data = state.read(name, d)
-        if data is not None:
-            return {**data, "state_dir": d}  # where its lock is tested (alive())
+        found = state.read_owned(name, d)
+        if found is not None:
+            return {**found[0], "state_dir": d}, found[1]  # where its lock is tested (alive())
     return None
 
 
@@ -56,10 +57,37 @@ def alive(data: dict[str, Any]) -> bool:
     return state.launcher_alive(data, data.get("state_dir"))
 
 
-def may_control(data: dict[str, Any]) -> bool:
-    from .privilege import current
+def cgroup_owners(paths: object) -> frozenset[int]:
+    """Who each of a sandbox's cgroups was handed to: the owner of a v2 directory, of a
+    v1 cgroup's freezer.state (only root can chown; the switchboard hands a member
+    exactly these). A v1 directory itself stays root's."""
+    owners = set()
+    for key, path in paths.items() if isinstance(paths, dict) else ():
+        try:
+            owners.add(os.stat(str(path) if key == "unified" else os.path.join(str(path), "freezer.state")).st_uid)
+        except (OSError, ValueError):
+            continue
+    return frozenset(owners)
 
-    return current().may_control(data.get("uid"))
+
+def launcher_uid(data: dict[str, Any]) -> int | None:
+    """The real uid of the sandbox's launcher, from /proc, if the recorded one still runs."""
+    pid = data.get("launcher_pid")
+    if not isinstance(pid, int) or not alive(data):
+        return None
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((int(line.split()[1]) for line in f if line.startswith("Uid:")), None)
+    except (OSError, ValueError):
+        return None
+
+
+def may_control(data: dict[str, Any], file_uid: int) -> bool:
+    from .privilege import Ownership, current
+
+    paths = data.get("cgroup_paths")
+    facts = Ownership(data.get("uid"), file_uid, cgroup_owners(paths), bool(paths), launcher_uid(data))
+    return current().may_control(facts)
 
 
 def _restore(name: str, data: dict[str, Any]) -> tuple[State, JobCgroup]:
@@ -82,11 +110,12 @@ def find(name: str) -> Running:
         check_name(name)
     except ValueError as e:
         raise _fail(str(e)) from None
-    data = _read(name)
-    if data is None:
+    found = _read(name)
+    if found is None:
         raise _fail(f"no running sandbox named {name!r}")
-    if not may_control(data):
-        raise _fail(f"sandbox {name!r} belongs to another user (uid {data.get('uid')})")
+    data, file_uid = found
+    if not may_control(data, file_uid):
+        raise _fail(f"sandbox {name!r} belongs to another user")
     if not alive(data):
         raise _fail(f"sandbox {name!r} is not running (its launcher is gone; `sandbox gc` reclaims it)")
     return Running(name, *_restore(name, data))
@@ -97,9 +126,9 @@ def visible() -> list[tuple[str, dict[str, Any]]]:
     out: dict[str, dict[str, Any]] = {}
     for d in state_dirs():
         for name in state.names(d):
-            data = state.read(name, d)
-            if data is not None and name not in out and may_control(data):
-                out[name] = {**data, "state_dir": d}
+            found = state.read_owned(name, d)
+            if found is not None and name not in out and may_control({**found[0], "state_dir": d}, found[1]):
+                out[name] = {**found[0], "state_dir": d}
     return sorted(out.items())
 
 

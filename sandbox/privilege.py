@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from .errors import EXIT_SANDBOX_FAILED, SandboxError
 
@@ -77,9 +77,16 @@ class Privilege(ABC):
     def accounting_log(self) -> str:
         """The built-in accounting log."""
 
-    def may_control(self, owner_uid: object) -> bool:
-        """May this caller signal, freeze or inspect a sandbox whose state records owner_uid?"""
-        return self.uid in (0, owner_uid)
+    def may_control(self, facts: Ownership) -> bool:
+        """May this caller signal, freeze or inspect a sandbox? Root may. A user may if
+        root wrote the state for that user (a --user job), or if the user wrote it and
+        the kernel agrees the sandbox is theirs: the switchboard handed its cgroup to
+        them. A uid in a file the user wrote proves nothing: they could write any."""
+        if self.uid == 0:
+            return True
+        if facts.file_uid == 0:
+            return facts.recorded_uid == self.uid
+        return facts.file_uid == facts.recorded_uid == self.uid and facts.cgroup_uids == frozenset({self.uid})
 
     def scratch_owner(self) -> tuple[int, int]:
         """Who owns the job's scratch directories when no --user is given: the job runs
@@ -94,6 +101,14 @@ class Privilege(ABC):
         if key == "accounting_log":
             return self.accounting_log()
         return None
+
+
+class Ownership(NamedTuple):
+    """Who a sandbox belongs to, as far as the kernel can tell."""
+
+    recorded_uid: object  # what its state file says
+    file_uid: int  # who owns that file
+    cgroup_uids: frozenset[int]  # who the cgroup was handed to (v2 directory, v1 freezer.state owners)
 
 
 class Root(Privilege):

@@ -159,14 +159,26 @@ def claim(name: str, record: State, directory: str | None = None) -> Held:
 
 
 def read(name: str, directory: str | None = None) -> dict[str, Any] | None:
+    found = read_owned(name, directory)
+    return None if found is None else found[0]
+
+
+def read_owned(name: str, directory: str | None = None) -> tuple[dict[str, Any], int] | None:
+    """The state and the uid owning the very file it was read from (a kernel fact: who
+    wrote it; the uid inside is only what the writer claims)."""
     import json
 
     try:
-        with open(path_for(name, directory)) as f:
-            data = json.load(f)
-    except (FileNotFoundError, ValueError):
+        fd = os.open(path_for(name, directory), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except (FileNotFoundError, OSError):
         return None
-    return data if isinstance(data, dict) else None
+    with os.fdopen(fd) as f:
+        owner = os.fstat(f.fileno()).st_uid
+        try:
+            data = json.load(f)
+        except (ValueError, UnicodeDecodeError):
+            return None
+    return (data, owner) if isinstance(data, dict) else None
 
 
 def remove(name: str, directory: str | None = None) -> None:

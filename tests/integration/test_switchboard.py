@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import IS_ROOT, ROOT, SANDBOX_RUN
+from tests.conftest import IS_ROOT, ROOT, SANDBOX, SANDBOX_RUN
 
 pytestmark = [pytest.mark.skipif(not IS_ROOT, reason="needs root (installs a setuid helper, creates users)"),
               pytest.mark.cgroup]
@@ -637,3 +637,51 @@ def test_execute_dir_is_no_oracle(switchboard: None) -> None:
         assert b"not accessible" in replies.pop()
     finally:
         shutil.rmtree(private)
+
+
+def test_a_forged_state_file_shows_and_controls_nothing_of_roots(switchboard: None) -> None:
+    """The member copies root's state file into its own state directory, claiming root's
+    running sandbox (root's cgroups and launcher, the member's uid): list, ps and usage show
+    nothing of it, kill and suspend refuse, and root's job runs on untouched."""
+    uid = int(subprocess.run(["id", "-u", MEMBER], capture_output=True, text=True, check=True).stdout)
+    name = f"sbt-forged-{os.getpid()}"
+    job = subprocess.Popen([SANDBOX_RUN, "--name", name, "--", "sleep", "60"])
+    home = Path(f"/home/{MEMBER}")
+    forged = home / "sandbox" / f"{name}.json"
+    try:
+        real = Path("/run/sandbox") / f"{name}.json"
+        for _ in range(500):
+            if real.exists():
+                break
+            import time
+
+            time.sleep(0.02)
+        data = json.loads(real.read_text())
+        data["uid"] = uid
+        forged.parent.mkdir(exist_ok=True)
+        shutil.chown(forged.parent, MEMBER, MEMBER)
+        forged.write_text(json.dumps(data))
+        shutil.chown(forged, MEMBER, MEMBER)  # the member's own file, as if it wrote it
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "XDG_RUNTIME_DIR": str(home)}
+
+        def member(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([*as_user(MEMBER), SANDBOX, *args], capture_output=True, text=True,
+                                  env=env, timeout=60, check=False)
+
+        listed = member("list")
+        assert name not in listed.stdout, listed.stdout
+        for cmd in (["ps", name], ["usage", name], ["kill", name], ["suspend", name]):
+            r = member(*cmd)
+            assert r.returncode == 125 and "belongs to another user" in r.stderr, (cmd, r.stdout, r.stderr)
+            assert "sleep" not in r.stdout
+        assert job.poll() is None  # root's job runs on
+        frozen = Path(data["cgroup_paths"]["unified"], "cgroup.freeze") if "unified" in data["cgroup_paths"] else None
+        assert frozen is None or frozen.read_text().strip() == "0"
+    finally:
+        forged.unlink(missing_ok=True)
+        subprocess.run([SANDBOX, "kill", name], capture_output=True, check=False)  # as root: the launcher tears down
+        try:
+            job.wait(timeout=30)
+        finally:
+            job.kill()
+            job.wait()

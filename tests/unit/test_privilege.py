@@ -50,14 +50,27 @@ def test_a_user_the_switchboard_serves_goes_through_it(monkeypatch: pytest.Monke
 
 
 def test_root_may_control_any_sandbox_a_user_only_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    own = privilege.Ownership
+    mine = frozenset({1000})
     root = _as(monkeypatch, 0, 0, 0)
-    assert root.may_control(1000) and root.may_control(None)
+    assert root.may_control(own(1000, 1000, mine)) and root.may_control(own(None, 5, frozenset()))
     user = _as(monkeypatch, 1000, 1000, 1000)
-    assert user.may_control(1000)
-    assert not user.may_control(1001)
-    assert not user.may_control(0)
-    assert not user.may_control(None)
-    assert not user.may_control("1000")
+    assert user.may_control(own(1000, 1000, mine))  # its own, through the switchboard
+    assert user.may_control(own(1000, 0, frozenset({0})))  # root ran it for this user (--user)
+    assert not user.may_control(own(1001, 0, frozenset({0})))  # root ran it for another user
+    assert not user.may_control(own(1001, 1001, frozenset({1001})))
+    for bad in (0, None, "1000"):
+        assert not user.may_control(own(bad, 1000, mine))
+
+
+def test_a_forged_state_file_controls_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The user's own file claiming root's sandbox (root's cgroups, the user's uid): the
+    kernel says those cgroups are root's, or no one's (gone), so it is refused."""
+    own = privilege.Ownership
+    user = _as(monkeypatch, 1000, 1000, 1000)
+    assert not user.may_control(own(1000, 1000, frozenset({0})))
+    assert not user.may_control(own(1000, 1000, frozenset({0, 1000})))
+    assert not user.may_control(own(1000, 1000, frozenset()))
 
 
 def test_built_in_locations(monkeypatch: pytest.MonkeyPatch) -> None:
