@@ -88,7 +88,9 @@ def build_report(
         status=end.status,
         exit_code=end.exit_code,
         signal=end.signal,
-        returncode=end.returncode,
+        # A sandbox that could not be torn down is a failure of sandbox-run whatever the
+        # job did: a starter that checks only the exit status must see it.
+        returncode=end.returncode if launch.cleanup_error is None else errors.EXIT_SANDBOX_FAILED,
         wall_seconds=launch.wall_seconds,
         cpu_user_seconds=None,
         cpu_system_seconds=None,
