@@ -788,12 +788,85 @@ def check_execute_dir(cfg: dict[str, object], caller: Caller, path: str) -> list
     return [st.st_dev, st.st_ino]  # what was checked, for the record
 
 
+def member_cap(cfg: dict[str, object]) -> int | None:
+    """The config's `[limits] max_sandboxes_per_member` (None: no cap)."""
+    lim = cfg.get("limits", {})
+    return _cfg_int(lim, "max_sandboxes_per_member") if isinstance(lim, dict) else None
+
+
+def cap_refusal(cap: int | None, live: int) -> str | None:
+    """Why a member with `live` sandboxes may not make one more, or None."""
+    if cap is not None and live >= cap:
+        return f"this user already has {live} live sandboxes (at most {cap} per member)"
+    return None
+
+
+MAX_COUNTED = 100_000  # cgroups walked to count a member's sandboxes before giving up
+
+
+def _count_owned(mountpoint: str, key: str, uid: int) -> int:
+    """The caller's live sandboxes: `sandbox-*` directories anywhere in hierarchy `key`
+    whose owner record (v2 directory, v1 freezer.state) is the caller; a sandbox's own
+    subtree is not searched (the member controls it)."""
+    root = open_dir(mountpoint)
+    walk, todo, found, seen = _Walk(root), [[]], 0, 0  # type: ignore[var-annotated]
+    try:
+        while todo:
+            path = todo.pop()
+            seen += 1
+            if seen > MAX_COUNTED:
+                raise Refusal("too many cgroups to count this user's sandboxes")
+            try:
+                fd = walk.open(path)
+                if path and path[-1].startswith(PREFIX):
+                    st = os.fstat(fd) if key == "unified" else os.stat(OWNER_V1, dir_fd=fd, follow_symlinks=False)
+                    found += st.st_uid == uid
+                    continue
+                todo += [[*path, name] for name in _subdirs(fd)]
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+    finally:
+        walk.close()
+        os.close(root)
+    return found
+
+
+def check_cap(cfg: dict[str, object], caller: Caller, job: Job) -> None:
+    cap = member_cap(cfg)
+    if caller.uid == 0 or cap is None:
+        return
+    key = "unified" if "unified" in job.parents else "freezer"
+    if key not in job.parents:
+        raise Broken("config: max_sandboxes_per_member needs a v2 or a v1 freezer hierarchy")
+    why = cap_refusal(cap, _count_owned(job.parents[key][0], key, caller.uid))
+    if why is not None:
+        raise Refusal(why)
+
+
+def _create_lock() -> int:
+    """Creates take turns, so that two at once cannot both find room under a cap."""
+    import fcntl
+
+    fd = os.open("/run/sandbox-switchboard.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
 def op_create(cfg: dict[str, object], caller: Caller, req: dict[str, object]) -> dict[str, object]:
     effective_limits(cfg, req["limits"])  # type: ignore[arg-type]
     checked = check_execute_dir(cfg, caller, str(req["execute_dir"])) if "execute_dir" in req else None
+    lock = _create_lock()
+    try:
+        return _create(cfg, caller, req, checked)
+    finally:
+        os.close(lock)
+
+
+def _create(cfg: dict[str, object], caller: Caller, req: dict[str, object], checked: object) -> dict[str, object]:
     job = Job(cfg, str(req["name"]))
     made: list[str] = []
     try:
+        check_cap(cfg, caller, job)
         # The parent first: on v2 the controllers are enabled down to and in it.
         job.open_parents(create=True)
         limits = effective_limits(cfg, req["limits"], job.enclosing())  # type: ignore[arg-type]

@@ -27,6 +27,7 @@ MEMBER, MEMBER2, OUTSIDER = "sbt-member", "sbt-member2", "sbt-outsider"
 XROOT = Path("/srv/sbt-execute")  # the test's execute root
 OUTSIDE = Path("/srv/sbt-outside")  # a member's directory outside every execute root
 MAX_MEM = 1 << 30
+CAP = 30  # live sandboxes per member (above the 25 of the symlink race test)
 
 
 def _own_cgroup(key: str) -> str:
@@ -52,6 +53,7 @@ max_memory_bytes = {MAX_MEM}
 max_swap_bytes = 0
 max_pids = 512
 max_cpus = 2
+max_sandboxes_per_member = {CAP}
 [cgroup]
 parent = "/sbt-switchboard"
 [cgroup.parents]
@@ -685,3 +687,20 @@ def test_a_forged_state_file_shows_and_controls_nothing_of_roots(switchboard: No
         finally:
             job.kill()
             job.wait()
+
+
+def test_per_member_cap(switchboard: None, cleanup: list[tuple[str, str]]) -> None:
+    """The member's CAP+1st live sandbox is refused with one line, nothing made; after
+    one is destroyed there is room again. Other members are not counted."""
+    for i in range(CAP):
+        r = ask(MEMBER2, {"op": "create", "name": f"cap{i}", "limits": {}})
+        assert r.returncode == 0, (i, r.stderr)
+        cleanup.append((MEMBER2, f"cap{i}"))
+    refused(MEMBER2, {"op": "create", "name": "capx", "limits": {}}, f"already has {CAP} live sandboxes")
+    r = ask(MEMBER, {"op": "create", "name": "capm", "limits": {}})
+    assert r.returncode == 0, r.stderr
+    cleanup.append((MEMBER, "capm"))
+    assert ask(MEMBER2, {"op": "destroy", "name": "cap0"}).returncode == 0
+    r = ask(MEMBER2, {"op": "create", "name": "capx", "limits": {}})
+    assert r.returncode == 0, r.stderr
+    cleanup.append((MEMBER2, "capx"))

@@ -153,3 +153,13 @@ print(os.listdir({str(tmp_path)!r}))
     assert r.returncode == 0, r.stderr
     assert r.stdout.split("\n")[:2] == ["True", "[]"], r.stdout
     assert resource.getrlimit(resource.RLIMIT_NOFILE)  # (the limit was the child's only)
+
+
+def test_per_member_cap() -> None:
+    assert sb.member_cap({}) is None and sb.member_cap({"limits": {"max_sandboxes_per_member": 4}}) == 4
+    with pytest.raises(sb.Broken):
+        sb.member_cap({"limits": {"max_sandboxes_per_member": -1}})
+    assert sb.cap_refusal(None, 10**6) is None
+    assert sb.cap_refusal(4, 3) is None
+    assert sb.cap_refusal(4, 4) == "this user already has 4 live sandboxes (at most 4 per member)"
+    assert sb.cap_refusal(0, 0) is not None
