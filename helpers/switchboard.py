@@ -397,6 +397,8 @@ def nested_parents(configured: Parents, layout: Hierarchies, proc_cgroup: str) -
         shown = root.rstrip("/")
         if shown and not (path == shown or path.startswith(shown + "/")):
             raise Refusal(f"the caller's {key} cgroup {path} is not visible in the mount at {mountpoint}")
+        if key == "unified" and os.path.basename(path) == LEAF:
+            path = os.path.dirname(path)  # moved into the leaf by an earlier create: nest beside it
         out[key] = (mountpoint, path[len(shown) :].strip("/"), path)
         nested.add(key)
     return out, nested
@@ -638,6 +640,42 @@ def controllers_to_enable(available: str, enabled: Collection[str]) -> list[str]
     return [c for c in V2_CONTROLLERS if c in offered and c not in enabled]
 
 
+LEAF = "sandbox.leaf"  # the package's v2 backend uses the same name
+
+
+def _enable(fd: int, missing: list[str], busy_to_leaf: bool) -> None:
+    """Enable `missing` in the cgroup `fd`. v2's "no internal processes" rule refuses that
+    (EBUSY) while the cgroup has processes: in the caller's own cgroup, as the launcher's
+    backend does as root (and crun and podman do), its processes first move into a leaf
+    child of it, so they stay inside everything that enclosed them."""
+    text = " ".join("+" + c for c in missing)
+    try:
+        write_at(fd, "cgroup.subtree_control", text)
+        return
+    except OSError as e:
+        if e.errno != errno.EBUSY or not busy_to_leaf or not _read_all(fd, "cgroup.procs").split():
+            raise
+    try:
+        os.mkdir(LEAF, 0o755, dir_fd=fd)
+    except FileExistsError:
+        pass
+    leaf = os.open(LEAF, DIR_FLAGS, dir_fd=fd)
+    try:
+        for _ in range(50):
+            pids = _read_all(fd, "cgroup.procs").split()
+            if not pids:
+                write_at(fd, "cgroup.subtree_control", text)
+                return
+            for pid in pids:
+                try:
+                    write_at(leaf, "cgroup.procs", pid)
+                except ProcessLookupError:
+                    pass  # exited meanwhile
+    finally:
+        os.close(leaf)
+    raise Refusal("the caller's cgroup keeps gaining processes; cannot empty it into its leaf")
+
+
 def _enable_v2_controllers(job: Job) -> set[str]:
     """Make memory/pids/cpu/io available to children of the configured v2 parent: enable
     them in every ancestor's cgroup.subtree_control from the mount root down (adding only)."""
@@ -651,7 +689,7 @@ def _enable_v2_controllers(job: Job) -> set[str]:
             missing = controllers_to_enable(read_at(fd, "cgroup.controllers"), enabled)
             if missing:
                 try:
-                    write_at(fd, "cgroup.subtree_control", " ".join("+" + c for c in missing))
+                    _enable(fd, missing, busy_to_leaf=part is None and "unified" in job.nested)
                 except OSError as e:
                     raise Refusal(f"cannot enable {' '.join(missing)} in the v2 parent: {e.strerror}") from None
             if part is None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import IS_ROOT, ROOT, SANDBOX, SANDBOX_RUN
+from tests.conftest import IS_ROOT, LAYOUT, ROOT, SANDBOX, SANDBOX_RUN
 
 pytestmark = [pytest.mark.skipif(not IS_ROOT, reason="needs root (installs a setuid helper, creates users)"),
               pytest.mark.cgroup]
@@ -125,17 +125,21 @@ def _installed() -> Iterator[None]:
             p.unlink()
 
 
-HIERARCHIES = (("memory", "memory"), ("pids", "pids"), ("cpu", "cpu"), ("blkio", "blkio"), ("unified", "unified"))
 SLOT = "sbt-slot"  # where the tests' members sit, as in a batch slot: their sandboxes nest in it
+LEAF = "sandbox.leaf"  # on v2, where a busy cgroup's processes move so that it may have children
 
 
 def _dirs(name: str) -> list[str]:
     """`name` below our own cgroup, in each hierarchy the switchboard uses here."""
-    out = []
-    for key, mount in HIERARCHIES:
-        base = f"/sys/fs/cgroup/{mount}"
-        if os.path.isdir(base):
-            out.append(base + _own_cgroup(key).rstrip("/") + "/" + name)
+    from sandbox.cgroups import job_cgroup
+
+    out: list[str] = []
+    for key in job_cgroup("x", None, LAYOUT).paths():
+        h = LAYOUT.unified if key == "unified" else LAYOUT.v1[key]
+        assert h is not None
+        d = h.directory(h.own_path.rstrip("/") + "/" + name)
+        if d not in out:  # controllers mounted together share a directory
+            out.append(d)
     return out
 
 
@@ -147,9 +151,15 @@ def make_slot(name: str, memory: int | None = None) -> list[str]:
     """A root-made cgroup in every hierarchy standing in for a batch slot."""
     dirs = _dirs(name)
     for d in dirs:
+        if os.path.exists(os.path.join(os.path.dirname(d), "cgroup.subtree_control")) and LAYOUT.kind == "v2":
+            # v2: the slot offers the controllers to what nests in it (adding only)
+            offered = Path(os.path.dirname(d), "cgroup.controllers").read_text().split()
+            wanted = [c for c in ("memory", "pids", "cpu", "io") if c in offered]
+            Path(os.path.dirname(d), "cgroup.subtree_control").write_text(" ".join("+" + c for c in wanted))
         os.makedirs(d, exist_ok=True)
-        if memory is not None and os.path.exists(os.path.join(d, "memory.limit_in_bytes")):
-            Path(d, "memory.limit_in_bytes").write_text(str(memory))
+        for limit in ("memory.limit_in_bytes", "memory.max"):
+            if memory is not None and os.path.exists(os.path.join(d, limit)):
+                Path(d, limit).write_text(str(memory))
     return dirs
 
 
@@ -201,7 +211,9 @@ def snapshot() -> set[tuple[str, int]]:
     found = set()
     for parent in _parents():
         for dirpath, _subdirs, _files in os.walk(parent):
-            if dirpath != parent:  # the parent itself is made once and stays
+            # the parent itself is made once and stays; so does a v2 slot's leaf, made by
+            # the first create there (it holds the slot's processes, it is no sandbox)
+            if dirpath != parent and os.path.basename(dirpath) != LEAF:
                 found.add((dirpath, os.stat(dirpath).st_uid))
     return found
 

@@ -163,3 +163,11 @@ def test_per_member_cap() -> None:
     assert sb.cap_refusal(4, 3) is None
     assert sb.cap_refusal(4, 4) == "this user already has 4 live sandboxes (at most 4 per member)"
     assert sb.cap_refusal(0, 0) is not None
+
+
+def test_a_caller_moved_into_its_leaf_nests_beside_it() -> None:
+    """On v2 a busy caller's cgroup has its processes moved into `sandbox.leaf` (as the
+    package's backend does as root): later requests come from the leaf and mean its parent."""
+    hier = {"unified": ("/sys/fs/cgroup", "/")}
+    parents, nested = sb.nested_parents(sb.parent_paths(CFG, hier), hier, "0::/batch/slot1/sandbox.leaf\n")
+    assert nested == {"unified"} and parents["unified"][1:] == ("batch/slot1", "/batch/slot1")
