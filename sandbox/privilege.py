@@ -86,7 +86,12 @@ class Privilege(ABC):
             return True
         if facts.file_uid == 0:
             return facts.recorded_uid == self.uid
-        return facts.file_uid == facts.recorded_uid == self.uid and facts.cgroup_uids == frozenset({self.uid})
+        if not facts.file_uid == facts.recorded_uid == self.uid:
+            return False
+        if facts.has_cgroup:
+            return facts.cgroup_uids == frozenset({self.uid})
+        # no cgroup (a rootless sandbox, held by its PID namespace): its live launcher's real uid
+        return facts.launcher_uid == self.uid
 
     def scratch_owner(self) -> tuple[int, int]:
         """Who owns the job's scratch directories when no --user is given: the job runs
@@ -109,6 +114,8 @@ class Ownership(NamedTuple):
     recorded_uid: object  # what its state file says
     file_uid: int  # who owns that file
     cgroup_uids: frozenset[int]  # who the cgroup was handed to (v2 directory, v1 freezer.state owners)
+    has_cgroup: bool = True  # the state names cgroups at all
+    launcher_uid: int | None = None  # the real uid of its launcher, if that is still running
 
 
 class Root(Privilege):

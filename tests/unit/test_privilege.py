@@ -71,6 +71,10 @@ def test_a_forged_state_file_controls_nothing(monkeypatch: pytest.MonkeyPatch) -
     assert not user.may_control(own(1000, 1000, frozenset({0})))
     assert not user.may_control(own(1000, 1000, frozenset({0, 1000})))
     assert not user.may_control(own(1000, 1000, frozenset()))
+    # no cgroup at all (rootless): its running launcher must be this user's
+    assert user.may_control(own(1000, 1000, frozenset(), False, 1000))
+    assert not user.may_control(own(1000, 1000, frozenset(), False, 0))
+    assert not user.may_control(own(1000, 1000, frozenset(), False, None))
 
 
 def test_built_in_locations(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -97,6 +97,7 @@ def test_same_controllers_and_prefix() -> None:
     assert sb.PREFIX == PREFIX
     assert set(sb.V1_WANTED["v1"]) == set(layout_mod.V1_CONTROLLERS)
     assert sb.V2_CONTROLLERS == V2Cgroup.CONTROLLERS
+    assert sb.LEAF == __import__("sandbox.cgroups.v2").cgroups.v2.LEAF  # where a busy v2 cgroup's processes go
     assert sb.CPU_PERIOD_US == 100_000 == __import__("sandbox.limits").limits.CPU_PERIOD_US
 
 
