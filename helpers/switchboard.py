@@ -839,6 +839,7 @@ def cap_refusal(cap: int | None, live: int) -> str | None:
     return None
 
 
+LOCK = "/run/sandbox-switchboard.lock"
 MAX_COUNTED = 100_000  # cgroups walked to count a member's sandboxes before giving up
 
 
@@ -885,7 +886,7 @@ def _create_lock() -> int:
     """Creates take turns, so that two at once cannot both find room under a cap."""
     import fcntl
 
-    fd = os.open("/run/sandbox-switchboard.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fd = os.open(LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX)
     return fd
 

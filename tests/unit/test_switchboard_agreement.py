@@ -61,8 +61,9 @@ def _tree(k: FakeKernel) -> dict[str, str | None]:
 
 
 @pytest.fixture
-def two_kernels(kernel_factory, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]  # noqa: F811
+def two_kernels(kernel_factory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # type: ignore[no-untyped-def]  # noqa: F811
     """make(kind) -> (kernel for the package, kernel for the switchboard), alike."""
+    monkeypatch.setattr(sb, "LOCK", str(tmp_path / "switchboard.lock"))
 
     def make(kind: str, caller_in: str | None = None, **kw: bool) -> tuple[FakeKernel, FakeKernel]:
         mine, theirs = kernel_factory(kind, **kw), kernel_factory(kind, **kw)
@@ -175,3 +176,29 @@ def test_both_refuse_swap_without_swap_accounting(two_kernels, kind: str) -> Non
     assert _tree(mine) == _tree(theirs)
     assert {p for p in _tree(theirs) if "sandbox-" in p} == set()
     assert set(_tree(theirs)) == set(before)
+
+
+def test_a_busy_v2_slot_is_emptied_into_the_leaf_alike(two_kernels, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """v2, the caller's slot holds processes (a starter's shell and more): both move them
+    into the slot's leaf, enable the controllers there and nest the sandbox beside it."""
+    from sandbox.cgroups import v2 as v2mod
+
+    from .test_cgroups_fake import BusyParentKernel
+
+    mine, theirs = two_kernels("v2", "/condor/slot1")
+    for k in (mine, theirs):
+        Path(k.root, "unified/condor/slot1/cgroup.procs").write_text("4242\n4243\n")
+    monkeypatch.setattr(v2mod, "write_file", BusyParentKernel(mine).write)
+    busy = BusyParentKernel(theirs)
+
+    def write_at(fd: int, name: str, value: str) -> None:
+        busy.write(os.readlink(f"/proc/self/fd/{fd}") + "/" + name, value)
+
+    monkeypatch.setattr(sb, "write_at", write_at)
+    limits = Limits(memory_bytes=1 << 20)
+    cg = job_cgroup("busy", None, mine.layout())
+    cg.create(limits)
+    reply = sb.op_create({"cgroup": {"parent": "/elsewhere"}}, sb.Caller(), _request("busy", limits))
+    assert os.path.relpath(reply["paths"]["unified"], theirs.root) == "unified/condor/slot1/sandbox-busy"
+    assert _tree(theirs) == _tree(mine)
+    assert Path(theirs.root, "unified/condor/slot1", sb.LEAF, "cgroup.procs").read_text().split() == ["4242", "4243"]
