@@ -219,9 +219,9 @@ def snapshot() -> set[tuple[str, int]]:
 
 
 def ask(user: str, body: bytes | dict[str, object], env: dict[str, str] | None = None,
-        wrapper: str = WRAPPER) -> subprocess.CompletedProcess[bytes]:
+        wrapper: str = WRAPPER, slot: str = SLOT) -> subprocess.CompletedProcess[bytes]:
     raw = body if isinstance(body, bytes) else json.dumps({"version": 1, **body}).encode()
-    return subprocess.run([*as_user(user), wrapper],
+    return subprocess.run([*as_user(user, slot), wrapper],
                           input=raw, capture_output=True, timeout=60, check=False, env=env or {"PATH": "/usr/bin:/bin"})
 
 
@@ -491,14 +491,25 @@ def _sandboxes_in(dirs: list[str]) -> list[str]:
 
 def test_sandbox_nests_in_the_members_slot_and_its_limit_holds(switchboard: None) -> None:
     """A root-made cgroup with a 100 MiB limit stands in for a batch slot: the member's
-    sandbox is a child of it, so the slot's limit holds (OOM kill) and it accounts the job."""
+    sandbox is a child of it, its limit is bounded by the slot's, and the job is OOM-killed
+    inside it (the report says oom_killed; sandbox-run ends by SIGKILL)."""
     dirs = make_slot("sbt-slot100", memory=100 << 20)
     report = Path(f"/home/{MEMBER}/report-slot.json")
     try:
-        r = _run_as(MEMBER, "--report", str(report), "--", "/usr/bin/python3", "-c", "b = bytearray(300 << 20)",
-                    slot="sbt-slot100")
-        assert r.returncode == 137, r.stderr
-        assert "sbt-slot100/sandbox-" in json.loads(report.read_text())["cgroup"]
+        # unset: the slot's 100 MiB (the configured maximum is 1 GiB) in the slot's child
+        r = ask(MEMBER, {"op": "create", "name": "sbt-inslot", "limits": {}}, slot="sbt-slot100")
+        assert r.returncode == 0, r.stderr
+        reply = json.loads(r.stdout)
+        assert reply["limits"]["memory"] == 100 << 20
+        assert all(p.startswith(d + "/") for p, d in zip(sorted(reply["paths"].values()), sorted(dirs), strict=True))
+        assert ask(MEMBER, {"op": "destroy", "name": "sbt-inslot"}, slot="sbt-slot100").returncode == 0
+        # the job: OOM-killed in its sandbox, which sits in the slot (40 MiB left to the
+        # launcher, so that the sandbox's limit, not the slot's, is the one reached)
+        r = _run_as(MEMBER, "--mem", "60M", "--report", str(report), "--", "/usr/bin/python3", "-c",
+                    "b = bytearray(300 << 20)", slot="sbt-slot100")
+        assert r.returncode == -signal.SIGKILL, r.stderr
+        data = json.loads(report.read_text())
+        assert data["status"] == "oom_killed" and "sbt-slot100/sandbox-" in data["cgroup"], data
         # a limit above what encloses the caller is refused, with one line, nothing made
         r = _run_as(MEMBER, "--mem", "200M", "--", "true", slot="sbt-slot100")
         assert r.returncode == 125 and "above the enclosing cgroup's limit" in r.stderr, r.stderr
@@ -506,6 +517,7 @@ def test_sandbox_nests_in_the_members_slot_and_its_limit_holds(switchboard: None
         assert _sandboxes_in(dirs) == []
     finally:
         report.unlink(missing_ok=True)
+        ask(MEMBER, {"op": "destroy", "name": "sbt-inslot"}, slot="sbt-slot100")
         remove_slot(dirs)
 
 
@@ -576,7 +588,7 @@ def test_member_cannot_pull_roots_user_job_out_of_its_cgroup(switchboard: None, 
         assert v1_hits == [], v1_hits  # nothing on v1 is writable by the member at all
         assert Path(f"/proc/{pid}/cgroup").read_text() == where
         _out, err = job.communicate(timeout=60)
-        assert job.returncode == 137, err
+        assert job.returncode == -signal.SIGKILL, err  # the OOM kill at 64M ends sandbox-run by SIGKILL
     finally:
         job.kill()
         job.wait()
