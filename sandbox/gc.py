@@ -37,7 +37,7 @@ def reclaim_stale(
             continue  # alive (its launcher holds the lock), being reclaimed, or gone
         fd, data = taken
         try:
-            if data is not None and not _owned(data):
+            if data is not None and not _owned(data, fd):
                 continue
             if data is not None and not _reclaim_one(name, data, layout, kill_timeout):
                 continue  # its cgroup resisted: the state stays for the next try
@@ -48,10 +48,15 @@ def reclaim_stale(
     return reclaimed
 
 
-def _owned(data: dict[str, object]) -> bool:
-    from .privilege import current
+def _owned(data: dict[str, object], fd: int) -> bool:
+    """Whose stale sandbox this is, from kernel facts: the state file's owner (fd is the
+    very file) and who its cgroups were handed to, not the uid written inside."""
+    from .control import cgroup_owners
+    from .privilege import Ownership, current
 
-    return current().may_control(data.get("uid"))
+    paths = data.get("cgroup_paths")
+    facts = Ownership(data.get("uid"), os.fstat(fd).st_uid, cgroup_owners(paths), bool(paths), None)
+    return current().may_control(facts)
 
 
 def _reclaim_one(name: str, data: dict[str, object], layout: Layout | None, kill_timeout: float) -> bool:
