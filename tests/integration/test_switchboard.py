@@ -673,9 +673,11 @@ def test_a_forged_state_file_shows_and_controls_nothing_of_roots(switchboard: No
     name = f"sbt-forged-{os.getpid()}"
     job = subprocess.Popen([SANDBOX_RUN, "--name", name, "--", "sleep", "60"])
     home = Path(f"/home/{MEMBER}")
-    forged = home / "sandbox" / f"{name}.json"
+    forged = home / "sandbox" / Path(__import__("sandbox.state").state.path_for(name, "/")).name
     try:
-        real = Path("/run/sandbox") / f"{name}.json"
+        from sandbox import state as state_mod
+
+        real = Path(state_mod.path_for(name, "/run/sandbox"))
         for _ in range(500):
             if real.exists():
                 break
