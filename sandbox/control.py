@@ -159,13 +159,14 @@ def send_signal(name: str, sig: int) -> int:
     init_pid = r.state.init_host_pid
     was_frozen = r.cg.is_frozen()
     try:
-        r.cg.freeze()
+        if was_frozen is not None:  # without a freezer, a process forking now may miss it
+            r.cg.freeze()
         pids = [p for p in r.cg.pids() if p != init_pid]
         kill_pids(pids, sig)
     except (OSError, CgroupError) as e:
         raise _fail(f"sandbox {name!r}: cannot signal: {e}") from None
     finally:
-        if not was_frozen:
+        if was_frozen is False:
             try:
                 r.cg.thaw()
             except (OSError, CgroupError):

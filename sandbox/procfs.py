@@ -38,3 +38,15 @@ def process_start_time(pid: int, proc: str = "/proc") -> int | None:
     # the command name (field 2) may contain spaces and parentheses: split after the last ')'
     fields = text[text.rfind(")") + 2 :].split()
     return int(fields[19])
+
+
+def parent_and_comm(pid: int, proc: str = "/proc") -> tuple[int, str] | None:
+    """(parent PID, command name) of a process (fields 4 and 2 of /proc/<pid>/stat), or
+    None if it is gone."""
+    try:
+        with open(f"{proc}/{pid}/stat") as f:
+            text = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    comm = text[text.find("(") + 1 : text.rfind(")")]
+    return int(text[text.rfind(")") + 2 :].split()[1]), comm

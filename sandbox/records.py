@@ -310,6 +310,8 @@ class State(NamedTuple):
             check_name(state.name)
         except ValueError as e:
             raise RecordError(f"state: {e}") from None
+        if state.cgroup is None and not state.cgroup_paths:
+            return state  # no cgroup: tracked by its PID namespace (sandbox/tracking.py)
         if not state.cgroup_paths or any(
             os.path.basename(p) != PREFIX + state.name for p in state.cgroup_paths.values()
         ):
@@ -331,5 +333,9 @@ class State(NamedTuple):
         object its launcher holds), on `layout` (detected if None)."""
         from .cgroups import detect, job_cgroup
 
+        if self.cgroup is None and not self.cgroup_paths:
+            from .tracking import PidNamespaceJob
+
+            return PidNamespaceJob.restore(self.name, self.init_host_pid, self.launcher_pid)
         parents = {k: os.path.dirname(v) for k, v in self.cgroup_paths.items()}
         return job_cgroup(self.name, None, layout or detect(), parent_dirs=parents)

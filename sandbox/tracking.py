@@ -70,7 +70,36 @@ class PidNamespaceJob(JobCgroup):
         self.name = name
         self.not_enforced: tuple[str, ...] = ()
         self._pidfd: int | None = None
+        self._init: int | None = None
+        self._restored = False  # live control's copy: the launcher holds the figures
         self._before = resource.getrusage(resource.RUSAGE_CHILDREN)
+
+    @classmethod
+    def restore(cls, name: str, init_pid: int | None, launcher_pid: int | None) -> PidNamespaceJob:
+        """A running sandbox's job, for live control, from its state record: init is
+        taken only if it is still the recorded launcher's sandbox-init (else the job
+        does not exist: its PID may be another process's by now)."""
+        from .procfs import parent_and_comm
+
+        job = cls(name)
+        job._restored = True
+        if init_pid is None or launcher_pid is None:
+            return job
+        try:
+            fd = os.pidfd_open(init_pid)
+        except OSError:
+            return job
+        # The pidfd names one process for good. If it is still alive after the check,
+        # the /proc entry checked was that process's (its PID was never free meanwhile).
+        try:
+            if parent_and_comm(init_pid) == (launcher_pid, "sandbox-init"):
+                signal.pidfd_send_signal(fd, 0)
+                job._pidfd, job._init = fd, init_pid
+                return job
+        except ProcessLookupError:
+            pass
+        os.close(fd)
+        return job
 
     def create(self, limits: Limits) -> None:
         # Refused before this unless the caller allowed it (--limits best-effort):
@@ -96,10 +125,25 @@ class PidNamespaceJob(JobCgroup):
     def attach(self, pid: int) -> None:
         # Before init's go: init is our child, blocked on the go pipe, so the PID is
         # still its own when we open the pidfd.
-        self._pidfd = os.pidfd_open(pid)
+        self._pidfd, self._init = os.pidfd_open(pid), pid
 
     def pids(self) -> list[int]:
-        return []
+        """Every process in init's PID namespace, init included (host PIDs)."""
+        if self._init is None:
+            return []
+        try:
+            ns = os.readlink(f"/proc/{self._init}/ns/pid")
+        except OSError:
+            return []
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    if os.readlink(f"/proc/{entry}/ns/pid") == ns:
+                        found.append(int(entry))
+                except OSError:
+                    continue
+        return found
 
     def freeze(self) -> None:
         raise CgroupError("this sandbox has no cgroup: it cannot be frozen")
@@ -124,7 +168,10 @@ class PidNamespaceJob(JobCgroup):
 
     def usage(self) -> Usage:
         """The rusage of everything reaped since create(): init, and through it every
-        process of the job. Read after init is reaped; before, it is what has ended."""
+        process of the job. Read after init is reaped; before, it is what has ended.
+        Live control's copy knows nothing of it: null figures."""
+        if self._restored:
+            return Usage()
         now = resource.getrusage(resource.RUSAGE_CHILDREN)
         return Usage(
             cpu_user_seconds=round(now.ru_utime - self._before.ru_utime, 6),

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from sandbox.state import SUFFIX
 from tests.conftest import SANDBOX_RUN, needs_root
 from tests.integration.test_core import host_processes_with
 
@@ -88,3 +89,48 @@ def test_a_cgroup_is_used_where_one_can_be_made(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     data = json.loads(report.read_text())
     assert data["tracking"] == "cgroup" and data["cgroup"]
+
+
+def test_live_control_of_a_sandbox_without_cgroup(tmp_path: Path) -> None:
+    """`sandbox list/ps/usage/kill` find the job through its state: init's PID
+    namespace is the family; without a freezer the signal goes to each process."""
+    import os
+    import subprocess
+
+    from tests.conftest import SANDBOX
+    from tests.integration.test_core import wait_until
+
+    marker = f"sbtest-nocgc-{uuid.uuid4().hex[:8]}"
+    name = f"nocg-{uuid.uuid4().hex[:6]}"
+    env = {**os.environ, "SANDBOX_STATE_DIR": str(tmp_path / "state")}
+    proc = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", ABSENT, SANDBOX_RUN, "--name", name, "--",
+         "sh", "-c", f"(setsid sh -c 'sleep 300' {marker} &); trap 'exit 3' TERM; echo ready; "
+         "while :; do sleep 0.1; done"],
+        stdout=subprocess.PIPE, text=True, env=env)
+
+    def sandbox(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([SANDBOX, *args], capture_output=True, text=True, timeout=60, check=False, env=env)
+
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        assert wait_until(lambda: bool(host_processes_with(marker)))
+        assert wait_until((tmp_path / "state" / f"{name}{SUFFIX}").exists)  # written just after the start
+        listed = sandbox("list", "--json")
+        assert listed.returncode == 0 and name in listed.stdout, listed.stderr
+        ps = sandbox("ps", name, "--json")
+        assert ps.returncode == 0, ps.stderr
+        [sb] = json.loads(ps.stdout)
+        assert sb["name"] == name and sb["cgroup"] is None
+        commands = [p["command"] for p in sb["processes"]]
+        assert any(marker in c for c in commands) and "sandbox-init" in commands, commands
+        usage = sandbox("usage", name)
+        assert usage.returncode == 0, usage.stderr
+        kill = sandbox("kill", "--signal", "TERM", name)
+        assert kill.returncode == 0, kill.stderr
+        assert proc.wait(timeout=30) == 3
+        assert host_processes_with(marker) == []  # the escapee too: TERM to each, then the namespace went
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

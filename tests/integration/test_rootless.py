@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from sandbox.ns.user import unavailable
+from sandbox.state import SUFFIX
 from tests.conftest import IS_ROOT, SANDBOX_RUN
 from tests.integration.test_core import alive, host_processes_with, wait_until
 
@@ -170,3 +171,41 @@ def test_cpu_of_a_double_forked_daemon_is_counted(user: str) -> None:
     data = _report(r, report)
     assert isinstance(data["cpu_user_seconds"], float) and isinstance(data["cpu_system_seconds"], float)
     assert data["cpu_user_seconds"] + data["cpu_system_seconds"] >= 0.6
+
+
+def test_the_user_controls_their_own_sandbox(user: str) -> None:
+    """`sandbox ps/usage/kill` as the user, through the state in their own directory."""
+    from tests.conftest import SANDBOX
+
+    marker = f"sbtest-rlc-{uuid.uuid4().hex[:8]}"
+    name = f"rl-{uuid.uuid4().hex[:6]}"
+    proc = subprocess.Popen(
+        _cmd("--name", name, "--", "sh", "-c",
+             f"(setsid sh -c 'sleep 300' {marker} &); trap 'exit 3' TERM; echo ready; while :; do sleep 0.1; done"),
+        stdout=subprocess.PIPE, text=True, cwd=HOME, env=_env(),
+    )
+
+    def sandbox(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [*_cmd()[:-1], SANDBOX, *args]  # the same login shell, the `sandbox` command
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False, cwd=HOME, env=_env())
+
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        assert wait_until(lambda: bool(host_processes_with(marker)))
+        # the state is the user's own (written by the launcher just after the job starts)
+        assert wait_until((HOME / "sandbox" / f"{name}{SUFFIX}").exists)
+        ps = sandbox("ps", name, "--json")
+        assert ps.returncode == 0, ps.stderr
+        [sb] = json.loads(ps.stdout)
+        assert any(marker in p["command"] for p in sb["processes"]), sb
+        assert sandbox("usage", name).returncode == 0
+        kill = sandbox("kill", "--signal", "TERM", name)
+        assert kill.returncode == 0, kill.stderr
+        assert proc.wait(timeout=30) == 3
+        assert host_processes_with(marker) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+            for f in (HOME / "sandbox").glob("*"):
+                f.unlink()  # the state of the launcher killed here

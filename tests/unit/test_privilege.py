@@ -253,3 +253,28 @@ def test_pid_namespace_job_kills_init_through_its_pidfd_and_counts_its_cpu() -> 
         job.remove_dirs()
         os.close(r)
     assert not job.exists()
+
+
+def test_live_control_restores_a_pid_namespace_job_only_from_its_own_init() -> None:
+    from sandbox.records import State
+
+    record = State.from_dict({"name": "j", "uid": 1000, "launcher_pid": os.getpid(), "launcher_start": 1,
+                              "init_host_pid": None, "cgroup": None, "cgroup_version": None, "cgroup_paths": {}})
+    assert not record.job_cgroup().exists()  # no init recorded: nothing to act on
+    pid = os.fork()
+    if pid == 0:
+        import time
+
+        time.sleep(30)
+        os._exit(0)
+    try:
+        # our child, but not a sandbox-init: its PID is not the sandbox's any more
+        assert not PidNamespaceJob.restore("j", pid, os.getpid()).exists()
+        assert not PidNamespaceJob.restore("j", pid, 1).exists()  # not the recorded launcher's
+        assert not PidNamespaceJob.restore("j", 2**22 + 7, os.getpid()).exists()  # no such process
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    with pytest.raises(Exception, match="names no cgroup of its own"):
+        State.from_dict({"name": "j", "uid": 1, "launcher_pid": 1, "launcher_start": 1, "init_host_pid": 2,
+                         "cgroup": "/sys/fs/cgroup/x", "cgroup_version": "v2", "cgroup_paths": {}})
