@@ -21,7 +21,9 @@ from sandbox import classad
 from tests.conftest import SANDBOX_RUN, needs_root
 
 classad2 = pytest.importorskip("classad2", reason="HTCondor's classad2 (pip install htcondor) writes the test's ads")
-pytestmark = [needs_root, pytest.mark.cgroup]
+# Not a cgroup test: the wrapper only builds sandbox-run's command and reads its report, the
+# same on every layout; under the guests' emulation its many Python starts exceed the timeouts.
+pytestmark = [needs_root]
 
 WRAPPER = str(Path(__file__).resolve().parents[2] / "helpers" / "condor-job-wrapper")
 DEFAULT_REQUEST_MEMORY = "ifthenelse(MemoryUsage =!= undefined,MAX({ MemoryUsage,1024 }),1024)"  # HTCondor's default

@@ -615,6 +615,8 @@ print("ok")
 """
 
 
+# 1,100 cgroup levels made and removed one by one: minutes under the guests' emulation
+@pytest.mark.host_only
 def test_a_hostile_tree_cannot_stop_teardown(switchboard: None) -> None:
     """1,100 nested sub-cgroups in the member's (v2) sandbox, two frozen, one mode 000, a
     process of the job in the deepest frozen one: after the job nothing of it is left."""
@@ -715,6 +717,8 @@ def test_a_forged_state_file_shows_and_controls_nothing_of_roots(switchboard: No
             job.wait()
 
 
+# 31 sandboxes through the setuid helper: minutes under the guests' emulation
+@pytest.mark.host_only
 def test_per_member_cap(switchboard: None, cleanup: list[tuple[str, str]]) -> None:
     """The member's CAP+1st live sandbox is refused with one line, nothing made; after
     one is destroyed there is room again. Other members are not counted."""
