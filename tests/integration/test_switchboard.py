@@ -180,9 +180,16 @@ def remove_slot(dirs: list[str]) -> None:
 
 
 def in_slot(dirs: list[str], cmd: list[str]) -> list[str]:
-    """`cmd`, started inside the slot: root moves the shell there, then execs `cmd`."""
-    procs = " ".join(f"'{d}/cgroup.procs'" for d in dirs)
-    return ["/bin/sh", "-c", f'for f in {procs}; do echo $$ > "$f" || exit 99; done; exec "$@"', "sh", *cmd]
+    """`cmd`, started inside the slot: root moves the shell there, then execs `cmd`.
+
+    On v2 a slot that already has sandboxes has its processes in its leaf (no internal
+    processes once it has controllers enabled below it): a newcomer joins them there."""
+    moves = " ".join(
+        f"if [ -d '{d}/{LEAF}' ]; then f='{d}/{LEAF}/cgroup.procs'; else f='{d}/cgroup.procs'; fi; "
+        'echo $$ > "$f" || exit 99;'
+        for d in dirs
+    )
+    return ["/bin/sh", "-c", f'{moves} exec "$@"', "sh", *cmd]
 
 
 def as_user(user: str, slot: str = SLOT) -> list[str]:
