@@ -167,10 +167,14 @@ def test_killwait_shorter_than_kill_grace_leaves_nothing_after_the_epilog(slurm:
     """--kill-grace 30 > KillWait 10: Slurm SIGKILLs the launcher mid-grace. Its sandbox
     cgroup under the task's (it has a limit of its own) would block Slurm's own cgroup
     cleanup; the shipped Epilog (helpers/slurm-epilog: `sandbox gc --stale-only`)
-    reclaims it, and the job's cgroups go."""
+    reclaims it, writes a `launcher_lost` record as the report, and the job's cgroups go."""
     r = f"r-{_tag()}.json"
     jobid = _scancel_a_sigterm_ignoring_job(slurm, f"--mem 50M --kill-grace 30 --report {r}")
-    assert not (slurm.jobs / r).exists()  # the launcher died before it could write one
+    # The launcher died before it could write one: the Epilog's gc wrote the accounting
+    # record in its place, from what the sandbox's cgroup held when it was reclaimed.
+    lost = slurm.report(r)
+    assert lost["status"] == "launcher_lost" and lost["returncode"] == 125, lost
+    assert lost["memory_limit_bytes"] == 50 << 20 and f"job_{jobid}/" in str(lost["cgroup"]), lost
     deadline = time.monotonic() + 30
     left: list[Path] = []
     while time.monotonic() < deadline:
