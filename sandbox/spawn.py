@@ -43,6 +43,9 @@ def fork_init(cfg: init.InitConfig, privilege: Privilege) -> int:
     # Signals that arrive from here until the handlers exist are held, not lost:
     # blocked across the fork, they stay blocked in init, which waits for them.
     signal.pthread_sigmask(signal.SIG_BLOCK, init.FORWARDED)
+    # A caller that ignores SIGCHLD (a daemon that never waits) would have the kernel reap
+    # init and the job at once: no exit status for us or for init, whose wait never ends.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     # After this, our next child is PID 1 of a new PID namespace. A launcher runs
     # one sandbox, so nothing else of ours is ever forked into it.
     privilege.before_pid_namespace()  # without root: the user namespace
@@ -69,7 +72,11 @@ def go(pid: int, pipes: Pipes, join_fds: list[int], cg: JobCgroup, privilege: Pr
         raise
     os.write(pipes.go_w, wire.GO)
     for sig in init.FORWARDED:
-        signal.signal(sig, _noop_handler)
+        # A signal the caller ignores (nohup's SIGHUP, a background shell's SIGINT) stays
+        # ignored, as it would for the job run directly: the job inherits the same SIG_IGN
+        # through exec, and a SIGTERM its caller chose to ignore starts no kill grace here.
+        if signal.getsignal(sig) != signal.SIG_IGN:
+            signal.signal(sig, _noop_handler)
     signal.set_wakeup_fd(pipes.wake_w)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, init.FORWARDED)
 

@@ -21,6 +21,13 @@ import pytest
 from sandbox.cgroups import PREFIX, detect, job_cgroup
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# A run started from `nohup ... &` inherits SIGHUP, SIGINT and SIGQUIT ignored, and passes
+# that on to every sandbox-run (and job) the tests start: the job would ignore what the
+# forwarding tests send it. The tests' own processes start with the defaults.
+for _sig in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+    if signal.getsignal(_sig) == signal.SIG_IGN:
+        signal.signal(_sig, signal.default_int_handler if _sig == signal.SIGINT else signal.SIG_DFL)
 BIN = Path(sys.executable).parent
 SANDBOX_RUN = str(BIN / "sandbox-run")
 SANDBOX = str(BIN / "sandbox")

@@ -63,12 +63,12 @@ class Running:
 
     def __init__(
         self, *args: str, stdin: int | None = subprocess.DEVNULL, report: Path | None = None,
-        env: dict[str, str] | None = None,
+        env: dict[str, str] | None = None, prefix: tuple[str, ...] = (),
     ) -> None:
         r, w = os.pipe()
         extra = ["--report", str(report)] if report else []
         self.proc = subprocess.Popen(
-            [SANDBOX_RUN, "--report-fd", str(w), *extra, *args],
+            [*prefix, SANDBOX_RUN, "--report-fd", str(w), *extra, *args],
             pass_fds=(w,), stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         )
         os.close(w)
@@ -562,6 +562,8 @@ def test_inherited_cwd_under_host_tmp_gives_no_way_into_it(tmp_path):
 
 
 @pytest.mark.cgroup
+# the same on every cgroup layout (refused or decided before any cgroup is touched): a host test
+@pytest.mark.host_only
 def test_a_name_in_use_is_refused_and_the_running_sandbox_is_untouched(tmp_path, hostdir):
     name = f"dup-{uuid.uuid4().hex[:8]}"
     # the first job runs until the test is done with it (a fixed sleep is too short in a

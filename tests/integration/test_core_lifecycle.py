@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,6 +65,40 @@ def test_signals_are_forwarded_to_the_job() -> None:
     # the job handled the signals and exited 0 by itself
     assert running.proc.returncode == 0
     assert (e["status"], e["exit_code"]) == ("exited", 0)
+
+
+def _ignoring(*sigs: signal.Signals) -> tuple[str, ...]:
+    """A prefix that starts sandbox-run with these signals ignored, as its caller left them."""
+    names = ", ".join(f"signal.{sig.name}" for sig in sigs)
+    code = f"import os, signal, sys\nfor s in ({names},): signal.signal(s, signal.SIG_IGN)\n"
+    code += "os.execv(sys.argv[1], sys.argv[1:])"
+    return (sys.executable, "-c", code)
+
+
+def test_signals_the_caller_ignores_stay_ignored() -> None:
+    """Started as `nohup sandbox-run ...` would be (SIGHUP ignored), by a caller that also
+    ignores SIGCHLD: the job ignores SIGHUP as it would run directly, a SIGHUP to the
+    launcher ends nothing and starts no kill grace, SIGTERM is still forwarded, and the
+    exit status is exact (an ignored SIGCHLD would let the kernel reap it away)."""
+    script = "grep -E '^SigIgn' /proc/self/status; trap 'echo TERM; exit 7' TERM; "
+    script += "echo ready; while :; do sleep 0.05; done"
+    running = Running("--kill-grace", "1", "--", "sh", "-c", script, prefix=_ignoring(signal.SIGHUP, signal.SIGCHLD))
+    try:
+        out = running.proc.stdout
+        assert out is not None
+        ignored = int(out.readline().split()[1], 16)
+        assert ignored & (1 << (signal.SIGHUP - 1)) and not ignored & (1 << (signal.SIGCHLD - 1)), hex(ignored)
+        assert out.readline() == "ready\n"
+        running.proc.send_signal(signal.SIGHUP)
+        with pytest.raises(subprocess.TimeoutExpired):
+            running.proc.wait(timeout=2)  # longer than the kill grace: nothing started it
+        running.proc.send_signal(signal.SIGTERM)
+        assert out.readline() == "TERM\n"
+        e = running.exited()
+    finally:
+        running.close()
+    assert running.proc.returncode == 7
+    assert (e["status"], e["exit_code"]) == ("exited", 7)
 
 
 def test_main_exit_kills_the_rest_and_returns_its_status() -> None:
