@@ -129,12 +129,16 @@ def test_cli_commands_on_a_running_sandbox(acct):
         (["kill", "whatever", "-s", "NOSUCH"], "invalid signal"),
     ],
 )
+# the same on every cgroup layout (refused or decided before any cgroup is touched): a host test
+@pytest.mark.host_only
 def test_bad_names_are_refused_with_125(args, message):
     p = sandbox(*args)
     assert p.returncode == 125
     assert message in p.stderr and len(p.stderr.strip().splitlines()) == 1
 
 
+# the same on every cgroup layout (refused or decided before any cgroup is touched): a host test
+@pytest.mark.host_only
 def test_another_users_sandbox_is_refused(acct):
     name = unique("mine")
     with api.start(["sleep", "300"], name=name) as sb:
@@ -151,6 +155,8 @@ def test_another_users_sandbox_is_refused(acct):
         assert sb.wait().signal == signal.SIGKILL
 
 
+# the same on every cgroup layout (refused or decided before any cgroup is touched): a host test
+@pytest.mark.host_only
 def test_api_run_and_failed_start(acct):
     report = api.run(["sh", "-c", "exit 3"], mem="64M", labels={"job": "x"})
     assert (report.status, report.exit_code, report.returncode) == ("exited", 3, 3)
@@ -165,6 +171,8 @@ def test_api_run_and_failed_start(acct):
     assert len(acct.read_text().splitlines()) == 3
 
 
+# 50 launches at once: the log's locking is the same on every layout, and minutes under emulation
+@pytest.mark.host_only
 def test_accounting_log_with_50_sandboxes_ending_at_once(acct):
     """Every record present, each a whole, valid JSON line, then summed by label."""
     tag = uuid.uuid4().hex[:6]
@@ -210,6 +218,8 @@ def test_accounting_log_with_50_sandboxes_ending_at_once(acct):
     assert json.loads(sandbox("accounting", "--json", "--log", str(acct), "--since", "2999-01-01").stdout) == []
 
 
+# the same on every cgroup layout (refused or decided before any cgroup is touched): a host test
+@pytest.mark.host_only
 def test_site_config_file_env_and_options(tmp_path, acct):
     conf = tmp_path / "sandbox.toml"
     conf.write_text('mem = "96M"\npids = 64\n[labels]\nsite = "node7"\n')
@@ -248,6 +258,8 @@ def test_slurm_task_gets_its_allocation(tmp_path, acct):
     assert p.returncode == 125 and "not inside a Slurm job" in p.stderr
 
 
+# the same on every cgroup layout (refused or decided before any cgroup is touched): a host test
+@pytest.mark.host_only
 def test_report_format_classad(tmp_path, acct):
     ad = tmp_path / "r.ad"
     p = run_sandbox("--report-format", "classad", "--report", str(ad), "--label", "tenant=x", "--mem", "64M",

@@ -271,6 +271,8 @@ BAD = [
 
 
 @pytest.mark.parametrize("body,why", BAD, ids=[str(i) for i in range(len(BAD))])
+# the helper's request and path checks come before any cgroup: the same on every layout, a host test
+@pytest.mark.host_only
 def test_bad_requests_refused(switchboard: None, body: bytes | dict[str, object], why: str) -> None:
     refused(MEMBER, body, why)
 
@@ -327,6 +329,8 @@ def test_create_attach_destroy(switchboard: None, cleanup: list[tuple[str, str]]
     assert "op=create" in log and "op=destroy" in log and "REFUSED" in log and f"({MEMBER})" in log
 
 
+# the helper's request and path checks come before any cgroup: the same on every layout, a host test
+@pytest.mark.host_only
 def test_outsider_cannot_run_wrapper(switchboard: None) -> None:
     before = snapshot()
     r = ask(OUTSIDER, {"op": "destroy", "name": "x"})
@@ -334,6 +338,8 @@ def test_outsider_cannot_run_wrapper(switchboard: None) -> None:
     assert snapshot() == before
 
 
+# the helper's request and path checks come before any cgroup: the same on every layout, a host test
+@pytest.mark.host_only
 def test_execute_dir_checks(switchboard: None, cleanup: list[tuple[str, str]]) -> None:
     link = XROOT / "link"
     link.unlink(missing_ok=True)
@@ -350,6 +356,8 @@ def test_execute_dir_checks(switchboard: None, cleanup: list[tuple[str, str]]) -
         link.unlink()
 
 
+# the helper's request and path checks come before any cgroup: the same on every layout, a host test
+@pytest.mark.host_only
 def test_directory_swapped_for_symlink(switchboard: None, cleanup: list[tuple[str, str]]) -> None:
     """A thread swaps the execute dir for a symlink (to the member's own directory outside
     the roots) and back, as fast as it can, while requests run: every request either
@@ -398,6 +406,8 @@ def test_directory_swapped_for_symlink(switchboard: None, cleanup: list[tuple[st
     assert seen["refused"] > 0  # the race was run
 
 
+# the helper's request and path checks come before any cgroup: the same on every layout, a host test
+@pytest.mark.host_only
 def test_writable_config_refused(switchboard: None) -> None:
     os.chmod(CONFIG, 0o666)
     try:
@@ -416,6 +426,8 @@ def test_writable_config_refused(switchboard: None) -> None:
         os.chmod(CONFIG.parent, 0o755)
 
 
+# the helper's request and path checks come before any cgroup: the same on every layout, a host test
+@pytest.mark.host_only
 def test_hostile_environment(switchboard: None, tmp_path: Path, cleanup: list[tuple[str, str]]) -> None:
     """PYTHONPATH/PYTHONHOME/LD_PRELOAD/PATH/locale of the caller reach nothing that runs as root."""
     evil = tmp_path / "evil"
@@ -466,6 +478,8 @@ def test_member_job_is_limited(switchboard: None) -> None:
     assert r.returncode == -signal.SIGKILL, r.stderr  # the OOM kill ends sandbox-run by SIGKILL
 
 
+# the helper's request and path checks come before any cgroup: the same on every layout, a host test
+@pytest.mark.host_only
 def test_outsider_gets_125(switchboard: None) -> None:
     before = snapshot()
     r = _run_as(OUTSIDER, "--mem", "64M", "--", "id")
@@ -652,6 +666,8 @@ def test_a_hostile_tree_cannot_stop_teardown(switchboard: None) -> None:
         job.wait()
 
 
+# the helper's request and path checks come before any cgroup: the same on every layout, a host test
+@pytest.mark.host_only
 def test_execute_dir_is_no_oracle(switchboard: None) -> None:
     """In another user's private directory, an existing directory, a missing one and a
     symbolic link get the same reply: what the caller could learn by looking."""
