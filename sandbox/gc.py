@@ -56,7 +56,7 @@ def _owned(data: dict[str, object], fd: int) -> bool:
 
     paths = data.get("cgroup_paths")
     facts = Ownership(data.get("uid"), os.fstat(fd).st_uid, cgroup_owners(paths), bool(paths), None)
-    return current().may_control(facts)
+    return current().may_reclaim(facts)
 
 
 def _reclaim_one(name: str, data: dict[str, object], layout: Layout | None, kill_timeout: float) -> bool:

@@ -93,6 +93,16 @@ class Privilege(ABC):
         # no cgroup (a rootless sandbox, held by its PID namespace): its live launcher's real uid
         return facts.launcher_uid == self.uid
 
+    def may_reclaim(self, facts: Ownership) -> bool:
+        """May this caller's gc reclaim a stale sandbox (its launcher gone)? As for live
+        control; but a sandbox without a cgroup has no launcher left to ask, and its own
+        file is enough: reclaiming it kills nothing (its PID namespace died with the
+        launcher, and init is only taken if still the recorded launcher's) and writes its
+        records with the caller's own rights."""
+        if not facts.has_cgroup and facts.launcher_uid is None:
+            return self.uid == 0 or facts.file_uid == facts.recorded_uid == self.uid
+        return self.may_control(facts)
+
     def scratch_owner(self) -> tuple[int, int]:
         """Who owns the job's scratch directories when no --user is given: the job runs
         as the launcher, root or (through the switchboard) the unprivileged caller, who

@@ -18,7 +18,7 @@ import pytest
 
 from sandbox.ns.user import unavailable
 from sandbox.state import SUFFIX
-from tests.conftest import IS_ROOT, SANDBOX_RUN
+from tests.conftest import IS_ROOT, SANDBOX, SANDBOX_RUN
 from tests.integration.test_core import alive, host_processes_with, wait_until
 
 pytestmark = [
@@ -130,11 +130,15 @@ def test_timeout_kills_escapees(user: str) -> None:
     assert host_processes_with(marker) == []
 
 
-def test_launcher_sigkill_kills_the_job(user: str) -> None:
+def test_launcher_sigkill_kills_the_job_and_gc_writes_its_record(user: str) -> None:
+    """The launcher's SIGKILL takes the PID namespace down (init's parent-death signal);
+    the user's own `sandbox gc` then writes the report the launcher could not (a
+    launcher_lost record: no cgroup held figures) and removes the state."""
     marker = f"sbtest-rlk-{uuid.uuid4().hex[:8]}"
+    report = HOME / "lost.json"
     proc = subprocess.Popen(
-        _cmd("--", "sh", "-c", f"(setsid sh -c 'sleep 300' {marker}-a &); nohup sh -c 'sleep 300' {marker}-b "
-             ">/dev/null 2>&1 & echo ready; exec sleep 300"),
+        _cmd("--report", str(report), "--", "sh", "-c", f"(setsid sh -c 'sleep 300' {marker}-a &); "
+             f"nohup sh -c 'sleep 300' {marker}-b >/dev/null 2>&1 & echo ready; exec sleep 300"),
         stdout=subprocess.PIPE, text=True, cwd=HOME, env=_env(),
     )
     try:
@@ -142,19 +146,27 @@ def test_launcher_sigkill_kills_the_job(user: str) -> None:
         assert wait_until(lambda: bool(host_processes_with(f"{marker}-a") and host_processes_with(f"{marker}-b")))
         pids = [p for p in host_processes_with(marker) if p != proc.pid]  # the launcher's argv has it too
         state = HOME / "sandbox"
-        assert wait_until(lambda: state.is_dir() and any(f.suffix == ".state" for f in state.iterdir()))
+        assert wait_until(lambda: state.is_dir() and any(f.suffix == SUFFIX for f in state.iterdir()))
         # the launcher is the last exec of the setpriv chain: proc.pid itself
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
         assert wait_until(lambda: not any(alive(p) for p in pids), timeout=5)
+        assert not report.exists()
+        gc = subprocess.run(["setpriv", "--reuid", USER, "--regid", USER, "--init-groups", SANDBOX, "gc"],
+                            capture_output=True, text=True, timeout=60, check=False, cwd=HOME, env=_env())
+        assert gc.returncode == 0, gc.stderr
+        lost = _report(gc, report)
+        assert (lost["status"], lost["returncode"], lost["cgroup"]) == ("launcher_lost", 125, None), lost
+        assert not [f for f in state.iterdir() if f.suffix == SUFFIX]
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         for p in host_processes_with(marker):
             os.kill(p, signal.SIGKILL)
+        report.unlink(missing_ok=True)
         for f in (HOME / "sandbox").glob("*"):
-            f.unlink()  # the state of the launcher we killed
+            f.unlink()  # whatever a failed gc left
 
 
 def test_cpu_of_a_double_forked_daemon_is_counted(user: str) -> None:

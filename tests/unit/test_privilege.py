@@ -77,6 +77,22 @@ def test_a_forged_state_file_controls_nothing(monkeypatch: pytest.MonkeyPatch) -
     assert not user.may_control(own(1000, 1000, frozenset(), False, None))
 
 
+def test_gc_reclaims_a_stale_cgroupless_sandbox_only_from_the_callers_own_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rootless sandbox whose launcher died has no launcher left to ask: its owner's gc
+    may reclaim it from their own file; nobody else's may; with a cgroup, the kernel's
+    owner of the cgroup still decides."""
+    own = privilege.Ownership
+    user = _as(monkeypatch, 1000, 1000, 1000)
+    assert user.may_reclaim(own(1000, 1000, frozenset(), False, None))
+    assert not user.may_reclaim(own(1001, 1001, frozenset(), False, None))
+    assert not user.may_reclaim(own(1000, 1001, frozenset(), False, None))  # another's file
+    assert not user.may_reclaim(own(1000, 0, frozenset(), False, None))  # root's file, no cgroup
+    assert not user.may_reclaim(own(1000, 1000, frozenset({0})))  # a forged claim on root's cgroup
+    assert user.may_reclaim(own(1000, 1000, frozenset({1000})))
+    root = _as(monkeypatch, 0, 0, 0)
+    assert root.may_reclaim(own(1000, 1000, frozenset(), False, None))
+
+
 def test_built_in_locations(monkeypatch: pytest.MonkeyPatch) -> None:
     root = _as(monkeypatch, 0, 0, 0)
     assert root.builtin_default("state_dir") == "/run/sandbox"
