@@ -173,6 +173,9 @@ def test_launcher_sigkill_kills_the_job_and_gc_reclaims(private_state: dict[str,
 
 
 @pytest.mark.cgroup
+# the reclaim itself is test_launcher_sigkill_kills_the_job_and_gc_reclaims's on each layout;
+# who triggers it is the same everywhere
+@pytest.mark.host_only
 def test_next_launch_reclaims_a_stale_sandbox(private_state: dict[str, str]) -> None:
     env = private_state
     running, pids, paths = _kill_launcher(env)

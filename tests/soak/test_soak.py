@@ -93,6 +93,9 @@ def test_concurrent(log: Path) -> None:
     assert _records(log) == {nm: ["exited"] for nm in names}
 
 
+# hundreds of launches: the full soak is a host lane; the guests run the concurrent part, and
+# each layout's launcher SIGKILL and gc in test_core_lifecycle
+@pytest.mark.host_only
 def test_sequential(log: Path) -> None:
     names = [f"soak-s-{i}-{uuid.uuid4().hex[:6]}" for i in range(n(500))]
     for nm in names:
@@ -102,6 +105,9 @@ def test_sequential(log: Path) -> None:
     assert _records(log) == {nm: ["exited"] for nm in names}
 
 
+# hundreds of launches: the full soak is a host lane; the guests run the concurrent part, and
+# each layout's launcher SIGKILL and gc in test_core_lifecycle
+@pytest.mark.host_only
 def test_killed_at_random_moments(log: Path) -> None:
     rng = random.Random(int(os.environ.get("SANDBOX_SOAK_SEED", "11")))
     started: set[str] = set()
@@ -131,6 +137,9 @@ def test_killed_at_random_moments(log: Path) -> None:
         assert statuses["launcher_lost"] > 0, records
 
 
+# hundreds of launches: the full soak is a host lane; the guests run the concurrent part, and
+# each layout's launcher SIGKILL and gc in test_core_lifecycle
+@pytest.mark.host_only
 def test_gc_loops_while_sandboxes_churn(log: Path) -> None:
     stop = threading.Event()
     failures: list[str] = []
