@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import uuid
@@ -221,3 +222,34 @@ def test_the_user_controls_their_own_sandbox(user: str) -> None:
             proc.wait()
             for f in (HOME / "sandbox").glob("*"):
                 f.unlink()  # the state of the launcher killed here
+
+
+def test_without_a_runtime_dir_the_state_goes_to_a_private_fallback(user: str) -> None:
+    """No XDG_RUNTIME_DIR and no /run/user/UID (su, cron, a batch node without logind):
+    the user's own 0700 directory in /tmp holds the state; one that another user made
+    first under that name is refused with one line and 125, and nothing is written."""
+    uid = int(subprocess.run(["id", "-u", USER], capture_output=True, text=True, check=True).stdout)
+    fallback = Path(f"/tmp/sandbox-run-{uid}")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(HOME), "SANDBOX_TEST_RUN": os.environ["SANDBOX_TEST_RUN"]}
+    assert not Path(f"/run/user/{uid}").exists()
+    shutil.rmtree(fallback, ignore_errors=True)
+    try:
+        r = subprocess.run(_cmd("--", "true"), capture_output=True, text=True, timeout=60, check=False,
+                           cwd=HOME, env=env)
+        assert r.returncode == 0, r.stderr
+        st = fallback.lstat()
+        assert (st.st_uid, st.st_mode & 0o7777) == (uid, 0o700)
+        listed = subprocess.run(["setpriv", "--reuid", USER, "--regid", USER, "--init-groups", SANDBOX, "list"],
+                                capture_output=True, text=True, timeout=60, check=False, cwd=HOME, env=env)
+        assert listed.returncode == 0 and listed.stderr == "", listed.stderr
+        # another user takes the name first, open to all, hoping to read or plant state
+        shutil.rmtree(fallback)
+        subprocess.run(["setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups",
+                        "mkdir", "-m", "777", str(fallback)], check=True, env=env)
+        r = subprocess.run(_cmd("--", "true"), capture_output=True, text=True, timeout=60, check=False,
+                           cwd=HOME, env=env)
+        assert r.returncode == 125 and "not a private directory" in r.stderr, r.stderr
+        assert r.stderr.count("\n") == 1, r.stderr
+        assert list(fallback.iterdir()) == []
+    finally:
+        shutil.rmtree(fallback, ignore_errors=True)

@@ -294,3 +294,33 @@ def test_live_control_restores_a_pid_namespace_job_only_from_its_own_init() -> N
     with pytest.raises(Exception, match="names no cgroup of its own"):
         State.from_dict({"name": "j", "uid": 1, "launcher_pid": 1, "launcher_start": 1, "init_host_pid": 2,
                          "cgroup": "/sys/fs/cgroup/x", "cgroup_version": "v2", "cgroup_paths": {}})
+
+
+def _stat(mode: int, uid: int) -> os.stat_result:
+    return os.stat_result((mode, 0, 0, 1, uid, uid, 0, 0, 0, 0))
+
+
+def test_a_private_directory_is_the_users_own_and_closed() -> None:
+    assert privilege.private_to(_stat(0o040700, 1000), 1000)
+    assert not privilege.private_to(_stat(0o040700, 1001), 1000)  # made by another user first
+    assert not privilege.private_to(_stat(0o040750, 1000), 1000)
+    assert not privilege.private_to(_stat(0o041777, 1000), 1000)
+    assert not privilege.private_to(_stat(0o120777, 1000), 1000)  # a symbolic link (lstat)
+
+
+def test_runtime_dir_without_xdg_falls_back_to_a_private_one(tmp_path: Path) -> None:
+    uid = os.getuid()
+    assert privilege.runtime_dir(uid, {"XDG_RUNTIME_DIR": "/given"}) == "/given"
+    got = privilege.runtime_dir(uid, {"TMPDIR": str(tmp_path)})
+    if got != f"/run/user/{uid}":  # logind's, where this machine has it
+        assert got == str(tmp_path / f"sandbox-run-{uid}")
+        assert privilege.private_to(os.lstat(got), uid)
+        assert privilege.runtime_dir(uid, {"TMPDIR": str(tmp_path)}) == got  # the same one again
+    # a name someone else made first (here: open to all) is refused, never used
+    other = tmp_path / "o"
+    other.mkdir()
+    (other / f"sandbox-run-{uid}").mkdir(mode=0o777)
+    os.chmod(other / f"sandbox-run-{uid}", 0o777)
+    if got != f"/run/user/{uid}":
+        with pytest.raises(SandboxError, match="not a private directory"):
+            privilege.runtime_dir(uid, {"TMPDIR": str(other)})
