@@ -81,6 +81,18 @@ def parse_seconds(text: str, what: str) -> float:
 CPU_PERIOD_US = 100_000
 
 
+class Rule(NamedTuple):
+    kind: str  # "c" or "b"
+    major: int
+    minor: int | None  # None: every minor
+    access: str = "rwm"
+
+    def text(self) -> str:
+        """The line devices.allow takes: 'c 1:3 rwm'."""
+        minor = "*" if self.minor is None else str(self.minor)
+        return f"{self.kind} {self.major}:{minor} {self.access}"
+
+
 class Limits(NamedTuple):
     """Hard limits for one job; None means unlimited (inherit the parent's)."""
 
@@ -89,6 +101,7 @@ class Limits(NamedTuple):
     pids: int | None = None
     cpus: float | None = None
     tmp_bytes: int | None = None
+    devices: tuple[Rule, ...] | None = None  # None: every device (the host's /dev)
 
     def cpu_quota_us(self) -> int | None:
         """CFS quota per CPU_PERIOD_US for the requested CPU count."""

@@ -4,6 +4,7 @@ InitConfig (namespaces to make, mounts, cwd, credentials, descriptors)."""
 from __future__ import annotations
 
 import os
+import stat
 from typing import TYPE_CHECKING
 
 from . import hardening, init
@@ -12,6 +13,7 @@ from . import syscalls as sc
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from .limits import Limits
     from .ns.mount import SetupOp
     from .paths import Prepared
     from .privilege import Privilege
@@ -31,6 +33,19 @@ def prepare_fs(spec: JobSpec, privilege: Privilege) -> Prepared | None:
 
     owner = (spec.user.uid, spec.user.gid) if spec.user is not None else None
     return prepare(spec.execute_dir, spec.binds, spec.hide, owner, privilege.scratch_owner(), devices=spec.devices)
+
+
+def job_limits(spec: JobSpec, fs: Prepared | None) -> Limits:
+    """The limits the cgroup gets: with a private /dev, only its devices may be opened."""
+    if spec.dev != "private" or fs is None:
+        return spec.limits
+    from .devices import allow_list
+
+    nodes = []
+    for d in fs.devices:
+        st = os.stat(d.fd)
+        nodes.append((stat.S_ISBLK(st.st_mode), os.major(st.st_rdev), os.minor(st.st_rdev)))
+    return spec.limits._replace(devices=allow_list(tuple(nodes)))
 
 
 def init_config(

@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 from typing import NamedTuple
 
-# The v1 controllers the launcher can use; others (cpuset, devices, net_cls...) are left alone.
+# The v1 controllers the launcher can use; others (cpuset, net_cls...) are left alone.
 V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct", "blkio", "freezer")
+# Joined only by a job with a private /dev (its allow-list); root's launches alone.
+V1_DEVICES = "devices"
 
 
 class Hierarchy(NamedTuple):
@@ -78,7 +80,7 @@ def parse(mountinfo: str, proc_cgroup: str) -> Layout:
             unified = Hierarchy(mountpoint, mount_root, ctrls, 2, own_v2)
         elif fstype == "cgroup":
             opts = set(rf[2].split(","))
-            ctrls = frozenset(c for c in V1_CONTROLLERS if c in opts)
+            ctrls = frozenset(c for c in (*V1_CONTROLLERS, V1_DEVICES) if c in opts)
             for ctrl in ctrls:
                 if ctrl in own_v1 and ctrl not in v1:
                     v1[ctrl] = Hierarchy(mountpoint, mount_root, ctrls, 1, own_v1[ctrl])

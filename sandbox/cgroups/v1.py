@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 from cgroupspy.controllers import Controller, CpuAcctController, CpuController, MemoryController
 
-from ..limits import CPU_PERIOD_US, Limits
+from ..limits import CPU_PERIOD_US, Limits, Rule
 from .base import (
     PREFIX,
     CgroupError,
@@ -29,6 +29,7 @@ from .base import (
     remove_tree,
     smallest_limit,
     wait_procs_empty,
+    write_file,
 )
 from .layout import Layout
 
@@ -99,8 +100,18 @@ class V1Part:
             else:
                 parent_dir = h.directory(parent if parent is not None else h.own_path)
             self.dirs[ctrl] = os.path.join(parent_dir, PREFIX + name)
+        self.devices_dir = self._devices_dir(layout, name, parent) if parent_dirs is None else None
+        if parent_dirs is not None and "devices" in parent_dirs:
+            self.dirs["devices"] = os.path.join(parent_dirs["devices"], PREFIX + name)
         self.memory_parent = os.path.dirname(self.dirs["memory"]) if "memory" in self.dirs else None
         self.shared_memory: str | None = None  # the enclosing memory cgroup, when the job stays in it
+
+    @staticmethod
+    def _devices_dir(layout: Layout, name: str, parent: str | None) -> str | None:
+        h = layout.v1.get("devices")
+        if h is None:
+            return None
+        return os.path.join(h.directory(parent if parent is not None else h.own_path), PREFIX + name)
 
     def enclosing_memory_limit(self) -> int | None:
         if self.memory_parent is None:
@@ -118,6 +129,8 @@ class V1Part:
             # the enclosing memory cgroup, which is never ours to remove.
             self.shared_memory = self.memory_parent
             del self.dirs["memory"]
+        if limits.devices is not None and self.devices_dir is not None:
+            self.dirs["devices"] = self.devices_dir  # only then: a host /dev needs no devices cgroup
         made: list[str] = []
         try:
             for d in self.unique_dirs():
@@ -144,6 +157,8 @@ class V1Part:
                     raise CgroupError("--swap needs swap accounting (memory.memsw), which this kernel lacks")
             if limits.pids is not None and "pids" in self.dirs:
                 Controller(_node(self.dirs["pids"])).set_property(b"pids.max", limits.pids)
+            if limits.devices is not None and "devices" in self.dirs:
+                self._allow_only(limits.devices)
             quota = limits.cpu_quota_us()
             if quota is not None and "cpu" in self.dirs:
                 cpu = CpuController(_node(self.dirs["cpu"]))
@@ -151,6 +166,18 @@ class V1Part:
                 cpu.cfs_quota_us = quota
         except OSError as e:
             raise CgroupError(f"cannot set cgroup limit: {e.strerror} ({e.filename or 'cgroup'})") from None
+
+    def _allow_only(self, rules: tuple[Rule, ...]) -> None:
+        """Deny all, then allow each rule. A v1 child starts with its parent's list and can
+        only narrow it: a rule the enclosing cgroup (a batch system's) denies is refused."""
+        d = self.dirs["devices"]
+        write_file(os.path.join(d, "devices.deny"), "a")
+        for rule in rules:
+            try:
+                write_file(os.path.join(d, "devices.allow"), rule.text())
+            except PermissionError:
+                raise CgroupError(f"device {rule.text()} is not allowed by the enclosing cgroup "
+                                  f"{os.path.dirname(d)}") from None
 
     def join_files(self) -> list[str]:
         return [os.path.join(d, "cgroup.procs") for d in self.unique_dirs()]

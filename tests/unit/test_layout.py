@@ -66,7 +66,7 @@ V2_CGROUP = "0::/system.slice/condor.service/slot1\n"
 def test_hybrid() -> None:
     layout = parse(HYBRID_MOUNTINFO, HYBRID_CGROUP)
     assert layout.kind == "hybrid"
-    assert set(layout.v1) == {"memory", "pids", "cpu", "cpuacct", "blkio", "freezer"}  # cpuset, devices ignored
+    assert set(layout.v1) == {"memory", "pids", "cpu", "cpuacct", "blkio", "freezer", "devices"}  # cpuset ignored
     mem = layout.v1["memory"]
     assert mem == Hierarchy("/sys/fs/cgroup/memory", "/", frozenset({"memory"}), 1, "/process_api/abc")
     assert mem.directory(mem.own_path) == "/sys/fs/cgroup/memory/process_api/abc"

@@ -1,0 +1,56 @@
+"""The devices controller behind --dev private: a root job mounts a tmpfs of its own
+(the private /dev is nodev), mknods the host's root disk there and cannot open it;
+with --device that one disk opens. Only where a v1 devices controller exists."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+from sandbox.cgroups.layout import detect
+from tests.conftest import needs_root, run_sandbox
+
+pytestmark = [needs_root, pytest.mark.cgroup,
+              pytest.mark.skipif("devices" not in detect().v1, reason="no v1 devices controller")]
+
+ATTACK = """
+import ctypes, os, stat, sys
+libc = ctypes.CDLL(None, use_errno=True)
+os.makedirs("/run/devtest", exist_ok=True)
+assert libc.mount(b"t", b"/run/devtest", b"tmpfs", 0, None) == 0, ctypes.get_errno()
+kind, major, minor = sys.argv[3], int(sys.argv[1]), int(sys.argv[2])
+try:
+    os.mknod("/run/devtest/disk", 0o600 | (stat.S_IFBLK if kind == "b" else stat.S_IFCHR), os.makedev(major, minor))
+    os.close(os.open("/run/devtest/disk", os.O_RDONLY))
+    print("opened")
+except OSError as e:
+    print("refused", e.errno)
+"""
+
+
+def _root_disk() -> tuple[str, int, int]:
+    dev = os.stat("/").st_dev
+    major, minor = os.major(dev), os.minor(dev)
+    target = os.path.realpath(f"/sys/dev/block/{major}:{minor}")
+    return "/dev/" + os.path.basename(target), major, minor
+
+
+def test_a_root_job_cannot_open_a_host_disk_it_made() -> None:
+    _path, major, minor = _root_disk()
+    r = run_sandbox("--dev", "private", "--", sys.executable, "-c", ATTACK, str(major), str(minor), "b")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["refused", "1"]  # EPERM from the devices controller
+    # the attack itself works: with the host's /dev the job's own node of /dev/kmsg opens
+    r = run_sandbox("--", sys.executable, "-c", ATTACK, "1", "11", "c")
+    assert r.stdout.split() == ["opened"], r.stderr
+
+
+def test_the_device_passed_opens_and_no_other() -> None:
+    _path, major, minor = _root_disk()
+    base = ("--dev", "private", "--device", "/dev/kmsg", "--", sys.executable, "-c", ATTACK)
+    r = run_sandbox(*base, "1", "11", "c")  # /dev/kmsg, made anew: the one passed
+    assert r.stdout.split() == ["opened"], r.stderr
+    r = run_sandbox(*base, str(major), str(minor), "b")
+    assert r.stdout.split() == ["refused", "1"], r.stderr
