@@ -3,8 +3,10 @@
  * Linux ignores the setuid bit on scripts, so this tiny program is the setuid file:
  * installed root:sandbox mode 4750, only members of the group can run it at all.
  * It trusts nothing from the caller: the environment is replaced (PATH, PYTHON*,
- * LD_*, locale), descriptors beyond 0-2 are closed and 0-2 are made to exist (else a
- * file the helper opens, the log, could become its stdout), and it execs the
+ * LD_*, locale), descriptors beyond 3 are closed and 0-2 are made to exist (else a
+ * file the helper opens, the log, could become its stdout); 3 is the caller's to pass
+ * (reclaim's state file: the helper only fstats, flocks and reads it, and closes it
+ * first thing for every other request), and it execs the
  * root-owned helper with an isolated interpreter (-I: no PYTHON* variables, no user
  * site; -S: no site module; -B: never write bytecode as root). The real uid stays the
  * caller's: that is how the helper learns who called, from the kernel.
@@ -31,7 +33,7 @@ int main(void)
     for (fd = 0; fd < 3; fd++)
         if (fcntl(fd, F_GETFD) == -1 && open("/dev/null", O_RDWR) != fd)
             return 2;
-    close_range(3, ~0U, 0);
+    close_range(4, ~0U, 0);
     if (chdir("/") != 0)
         return 2;
     execve(PYTHON, argv, envp);

@@ -14,8 +14,9 @@ against the launcher's own cgroup backends (tests/unit/test_switchboard_*.py):
 parse_request (what is asked), parse_hierarchies and parent_paths (where: from the
 mount table, /proc/self/cgroup and the config), job_paths, effective_limits (the
 request within the configured maxima), limit_writes (which limit file gets which
-value), may_call and under_execute_root (who may ask, for which directory). The rest
-applies their answers through directory fds.
+value), may_call and under_execute_root (who may ask, for which directory), cap_refusal
+and sum_refusal (how much one member holds), stale_parents, owner_refusal and
+state_refusal (what reclaim may end). The rest applies their answers through directory fds.
 
 Operations (closed set; nothing writes an arbitrary file or runs a command):
   create  {"name", "limits": {"memory", "swap", "pids", "cpus"}, ["execute_dir"]}
@@ -24,11 +25,14 @@ Operations (closed set; nothing writes an arbitrary file or runs a command):
   attach  {"name", "pid"}  move one of the caller's processes into its sandbox (the
           cgroup v2 rule needs write access to the common ancestor, which is root's).
   destroy {"name"}  kill everything in one of the caller's sandboxes and remove it.
+  reclaim {"name"} + the sandbox's state file as descriptor 3: what destroy does, for
+          `sandbox gc`, at the directories that state names, once its launcher is dead.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import grp
 import json
 import os
@@ -65,6 +69,10 @@ HANDED_V1 = ("freezer.state",)
 HANDED_V2 = ("cgroup.procs", "cgroup.threads", "cgroup.subtree_control", "cgroup.kill", "cgroup.freeze")
 # Where a sandbox's owner is recorded: the v2 directory, or the one file a v1 cgroup hands over.
 OWNER_V1 = "freezer.state"
+# Our mark on every directory we make: whose sandbox it is and the limits it was given. Only
+# CAP_SYS_ADMIN may set or change a trusted.* attribute, so no member can forge or alter one;
+# it is the one owner record a v1 directory that hands nothing over (memory, pids) can carry.
+MARK = "trusted.sandbox-switchboard"
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -112,7 +120,8 @@ def _cpus(value: object) -> float:
     return float(value)  # type: ignore[arg-type]
 
 
-OPS = {"create": {"name", "limits", "execute_dir"}, "attach": {"name", "pid"}, "destroy": {"name"}}
+OPS = {"create": {"name", "limits", "execute_dir"}, "attach": {"name", "pid"}, "destroy": {"name"},
+       "reclaim": {"name"}}
 LIMIT_KEYS = {"memory", "swap", "pids", "cpus"}
 
 
@@ -543,12 +552,88 @@ def exists_at(dir_fd: int, name: str) -> bool:
         return False
 
 
+def stale_parents(paths: object, layout: Hierarchies, name: str) -> Parents:
+    """The parents (as parent_paths gives them) of the directories a state file names for
+    sandbox `name`: each in a hierarchy of ours, below its mountpoint, normalized, and
+    named sandbox-<name>. Whose they are is checked on the directories themselves."""
+    if not isinstance(paths, dict) or not paths:
+        raise Refusal("its state names no cgroup")
+    out: Parents = {}
+    for key, path in paths.items():
+        if key not in layout or not isinstance(path, str):
+            raise Refusal(f"its state names a cgroup outside this host's hierarchies ({key!r})")
+        mountpoint, root = layout[key]
+        base = mountpoint.rstrip("/") + "/"
+        parts = path[len(base) :].split("/")
+        if not path.startswith(base) or "\0" in path or any(p in ("", ".", "..") for p in parts):
+            raise Refusal(f"{path!r} is not a normalized path in the {key} hierarchy")
+        if parts[-1] != PREFIX + name:
+            raise Refusal(f"{path} is not the directory of sandbox {name}")
+        rel = "/".join(parts[:-1])
+        out[key] = (mountpoint, rel, (root.rstrip("/") + "/" + rel).rstrip("/") or "/")
+    return out
+
+
+def owner_refusal(caller_uid: int, records: Collection[int | None], every: bool = False) -> str | None:
+    """Why the directories with these owner records (Job.records) are not the caller's
+    sandbox, or None. Root may act on any. `every`: a directory without a record counts
+    against it (otherwise only the directories that hand something over speak)."""
+    if caller_uid == 0:
+        return None
+    if every and None in records:
+        return "has a directory with no owner record"
+    if {r for r in records if r is not None} != {caller_uid}:
+        return "belongs to another user"
+    return None
+
+
+def mark_text(uid: int, limits: dict[str, int | float | None]) -> bytes:
+    """The value of MARK for a sandbox made for `uid` with these limits."""
+    return json.dumps({"uid": uid, "memory": limits.get("memory"), "cpus": limits.get("cpus")}, sort_keys=True).encode()
+
+
+def parse_mark(raw: bytes | None) -> dict[str, object] | None:
+    """A directory's mark, or None (none: made by an older helper, or on a kernel whose
+    cgroupfs has no trusted attributes)."""
+    if raw is None:
+        return None
+    try:
+        data = json.loads(raw.decode())
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(data, dict) or type(data.get("uid")) is not int:
+        return None
+    return data
+
+
+def read_mark(fd: int) -> dict[str, object] | None:
+    try:
+        return parse_mark(os.getxattr(fd, MARK))
+    except OSError:  # ENODATA: none; ENOTSUP: this cgroupfs keeps none
+        return None
+
+
+def _set_mark(fd: int, value: bytes) -> None:
+    try:
+        os.setxattr(fd, MARK, value)
+    except OSError as e:
+        # Without trusted attributes (an old kernel's cgroupfs, a root without CAP_SYS_ADMIN)
+        # there is no mark: the sums count the maxima, reclaim leaves bare v1 directories.
+        if e.errno not in (errno.ENOTSUP, errno.EPERM):
+            raise
+
+
 class Job:
     """One sandbox's cgroup directories, each held open as an fd."""
 
-    def __init__(self, cfg: dict[str, object], name: str) -> None:
+    def __init__(self, cfg: dict[str, object], name: str, at: object = None) -> None:
+        """Where the caller would make sandbox `name` now, or (`at`: the directories a
+        state file names, for reclaim) where one was made, possibly from another cgroup."""
         self.kind, layout, self.own_cgroup = hierarchies()
-        self.parents, self.nested = nested_parents(parent_paths(cfg, layout), layout, self.own_cgroup)
+        if at is None:
+            self.parents, self.nested = nested_parents(parent_paths(cfg, layout), layout, self.own_cgroup)
+        else:
+            self.parents, self.nested = stale_parents(at, layout, name), set()
         self.dirname = PREFIX + name
         self.fds: dict[str, int] = {}
         self.parent_fds: dict[str, int] = {}
@@ -595,20 +680,28 @@ class Job:
                 os.close(fd)
         return enclosing_limits(found)
 
-    def owners(self) -> set[int]:
-        """Who this sandbox was handed to, from the kernel: the owner of each v2 directory
-        and of each v1 cgroup's handed file (only root chowns, and only here)."""
-        out = set()
+    def records(self) -> list[int | None]:
+        """Who each directory was handed to, from the kernel: our mark, the owner of a v2
+        directory, of a v1 cgroup's handed file (only root chowns, and only here); None
+        for a directory with no record (a v1 one made by an older helper)."""
+        out: list[int | None] = []
         for key, fd in self.fds.items():
+            mark = read_mark(fd)
+            if mark is not None:
+                out.append(int(mark["uid"]))  # type: ignore[call-overload]
             if key == "unified":
-                out.add(os.fstat(fd).st_uid)
+                out.append(os.fstat(fd).st_uid)
             elif exists_at(fd, OWNER_V1):
-                out.add(os.stat(OWNER_V1, dir_fd=fd, follow_symlinks=False).st_uid)
+                out.append(os.stat(OWNER_V1, dir_fd=fd, follow_symlinks=False).st_uid)
+            elif mark is None:
+                out.append(None)
         return out
 
-    def open_existing(self, caller: Caller) -> None:
+    def open_existing(self, caller: Caller, every: bool = False) -> None:
         """Open the job's directories and check they are the caller's: the owner of a
-        directory we created is the one we handed it to, and only we create here."""
+        directory we created is the one we handed it to, and only we create here.
+        `every`: each directory must carry a record (reclaim's directories come from a
+        state file, which the caller wrote)."""
         try:
             self.open_parents()
         except Refusal:  # no parent yet: nothing was ever created
@@ -623,8 +716,9 @@ class Job:
             self.fds[key] = fd
         if not self.fds:
             raise Refusal(f"no sandbox named {self.dirname[len(PREFIX):]}")
-        if caller.uid != 0 and self.owners() != {caller.uid}:
-            raise Refusal(f"sandbox {self.dirname[len(PREFIX):]} belongs to another user")
+        why = owner_refusal(caller.uid, self.records(), every)
+        if why is not None:
+            raise Refusal(f"sandbox {self.dirname[len(PREFIX):]} {why}")
 
     def close(self) -> None:
         for fd in (*self.fds.values(), *self.parent_fds.values()):
@@ -839,16 +933,61 @@ def cap_refusal(cap: int | None, live: int) -> str | None:
     return None
 
 
+SUM_CAPS = {"memory": "max_memory_bytes_per_member", "cpus": "max_cpus_per_member"}
+
+
+def sum_caps(cfg: dict[str, object]) -> dict[str, int | float]:
+    """The config's caps on the sum of one member's live sandboxes' limits, per limit."""
+    lim = cfg.get("limits", {})
+    out: dict[str, int | float] = {}
+    for key, cfg_key in SUM_CAPS.items():
+        value = lim.get(cfg_key) if isinstance(lim, dict) else None
+        if value is None:
+            continue
+        if type(value) not in ((int,) if key == "memory" else (int, float)) or value <= 0:
+            raise Broken(f"config: {cfg_key} must be a positive {'whole ' if key == 'memory' else ''}number")
+        out[key] = value
+    return out
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if value == int(value) else f"{value:.2f}"
+
+
+def sum_refusal(
+    caps: dict[str, int | float], live: Collection[dict[str, object] | None], new: dict[str, int | float | None],
+    fallback: dict[str, int | float | None],
+) -> str | None:
+    """Why one more sandbox with the (effective) limits `new` would take a member's live
+    sandboxes (their marks `live`) above the per-member sums `caps`, or None. A live
+    sandbox counts what its mark says it was given; one without a mark (an older helper,
+    a kernel without trusted attributes) or with no such limit counts as the per-sandbox
+    maximum `fallback`, or, with none, as the whole cap: unknown is never free."""
+    for key, cap in caps.items():
+        asked = new.get(key)
+        if asked is None:
+            return f"{key} must be limited: this user's live sandboxes may have at most {_num(cap)} together"
+        used: float = 0
+        for mark in live:
+            given = None if mark is None else mark.get(key)
+            used += given if type(given) in (int, float) else (fallback.get(key) or cap)  # type: ignore[operator]
+        if used + asked > cap:
+            return (f"{key} {_num(asked)} would take this user's live sandboxes to {_num(used + asked)}, "
+                    f"above the {_num(cap)} allowed per member")
+    return None
+
+
 LOCK = "/run/sandbox-switchboard.lock"
 MAX_COUNTED = 100_000  # cgroups walked to count a member's sandboxes before giving up
 
 
-def _count_owned(mountpoint: str, key: str, uid: int) -> int:
-    """The caller's live sandboxes: `sandbox-*` directories anywhere in hierarchy `key`
-    whose owner record (v2 directory, v1 freezer.state) is the caller; a sandbox's own
-    subtree is not searched (the member controls it)."""
+def _owned_marks(mountpoint: str, key: str, uid: int) -> list[dict[str, object] | None]:
+    """The caller's live sandboxes, by their marks (None: unmarked): `sandbox-*`
+    directories anywhere in hierarchy `key` whose owner record (v2 directory, v1
+    freezer.state) is the caller; a sandbox's own subtree is not searched (the member
+    controls it)."""
     root = open_dir(mountpoint)
-    walk, todo, found, seen = _Walk(root), [[]], 0, 0  # type: ignore[var-annotated]
+    walk, todo, found, seen = _Walk(root), [[]], [], 0  # type: ignore[var-annotated]
     try:
         while todo:
             path = todo.pop()
@@ -859,7 +998,8 @@ def _count_owned(mountpoint: str, key: str, uid: int) -> int:
                 fd = walk.open(path)
                 if path and path[-1].startswith(PREFIX):
                     st = os.fstat(fd) if key == "unified" else os.stat(OWNER_V1, dir_fd=fd, follow_symlinks=False)
-                    found += st.st_uid == uid
+                    if st.st_uid == uid:
+                        found.append(read_mark(fd))
                     continue
                 todo += [[*path, name] for name in _subdirs(fd)]
             except (FileNotFoundError, NotADirectoryError):
@@ -870,14 +1010,30 @@ def _count_owned(mountpoint: str, key: str, uid: int) -> int:
     return found
 
 
-def check_cap(cfg: dict[str, object], caller: Caller, job: Job) -> None:
+def check_cap(cfg: dict[str, object], caller: Caller, job: Job) -> list[dict[str, object] | None]:
+    """Refuse a member at the cap on the number of live sandboxes; their marks, for the sums."""
     cap = member_cap(cfg)
-    if caller.uid == 0 or cap is None:
-        return
+    if caller.uid == 0 or (cap is None and not sum_caps(cfg)):
+        return []
     key = "unified" if "unified" in job.parents else "freezer"
     if key not in job.parents:
-        raise Broken("config: max_sandboxes_per_member needs a v2 or a v1 freezer hierarchy")
-    why = cap_refusal(cap, _count_owned(job.parents[key][0], key, caller.uid))
+        raise Broken("config: per-member caps need a v2 or a v1 freezer hierarchy")
+    live = _owned_marks(job.parents[key][0], key, caller.uid)
+    why = cap_refusal(cap, len(live))
+    if why is not None:
+        raise Refusal(why)
+    return live
+
+
+def check_sums(cfg: dict[str, object], caller: Caller, live: Collection[dict[str, object] | None],
+               limits: dict[str, int | float | None]) -> None:
+    caps = sum_caps(cfg)
+    if caller.uid == 0 or not caps:
+        return
+    lim = cfg.get("limits", {})
+    assert isinstance(lim, dict)  # effective_limits checked it
+    fallback = {"memory": _cfg_int(lim, "max_memory_bytes"), "cpus": lim.get("max_cpus")}
+    why = sum_refusal(caps, live, limits, fallback)
     if why is not None:
         raise Refusal(why)
 
@@ -905,10 +1061,12 @@ def _create(cfg: dict[str, object], caller: Caller, req: dict[str, object], chec
     job = Job(cfg, str(req["name"]))
     made: list[str] = []
     try:
-        check_cap(cfg, caller, job)
+        live = check_cap(cfg, caller, job)
         # The parent first: on v2 the controllers are enabled down to and in it.
         job.open_parents(create=True)
         limits = effective_limits(cfg, req["limits"], job.enclosing())  # type: ignore[arg-type]
+        check_sums(cfg, caller, live, limits)
+        mark = mark_text(caller.uid, limits)
         v2_enabled = _enable_v2_controllers(job) if job.kind == "v2" else set()
         needed = {"memory": "memory", "pids": "pids", "cpus": "cpu"}
         for lim, ctrl in needed.items():
@@ -926,6 +1084,7 @@ def _create(cfg: dict[str, object], caller: Caller, req: dict[str, object], chec
             made.append(key)
             fd = os.open(job.dirname, DIR_FLAGS, dir_fd=pfd)
             job.fds[key] = fd
+            _set_mark(fd, mark)  # before the handover: nobody sees it unmarked but us
             _set_limits(key, fd, limits, v2_enabled)
         for key, fd in job.fds.items():
             for name in HANDED_V2 if key == "unified" else HANDED_V1:
@@ -1143,9 +1302,79 @@ def _rmdir_tree(parent: int, name: str, deadline: float) -> None:
 
 def op_destroy(cfg: dict[str, object], caller: Caller, req: dict[str, object]) -> dict[str, object]:
     job = Job(cfg, str(req["name"]))
-    deadline = time.monotonic() + 10
     try:
         job.open_existing(caller)
+        _teardown(job, str(req["name"]))
+    finally:
+        job.close()
+    return {}
+
+
+STATE_FD = 3  # the one descriptor the wrapper passes on: reclaim's state file
+MAX_STATE = 1 << 16
+
+
+def state_refusal(caller_uid: int, is_file: bool, file_uid: int, linked: bool, launcher_holds: bool) -> str | None:
+    """Why the state file the caller holds (descriptor 3) does not show a sandbox whose
+    launcher is dead, or None. A launcher holds an exclusive flock on its state file for
+    its whole life and the kernel drops it when the launcher dies, SIGKILL included, so a
+    lock we get on the caller's own open file (which the caller's gc holds) means that no
+    launcher holds one. The file must be the caller's and still in place (a state rewrite
+    renames a new one over it). Root is not spared the liveness check: it is correctness,
+    not permission (a member may end its own live sandbox with destroy anyway)."""
+    if not is_file:
+        return "the state file (descriptor 3) must be a regular file"
+    if launcher_holds:
+        return "its launcher is alive: it holds the lock on the sandbox's state file"
+    if caller_uid not in (0, file_uid):
+        return "the state file is not the caller's"
+    if not linked:
+        return "the state file was removed or replaced"
+    return None
+
+
+def _held_state(caller: Caller) -> dict[str, object]:
+    """The state the caller's gc holds on descriptor 3, once state_refusal agrees."""
+    try:
+        st = os.fstat(STATE_FD)
+    except OSError:
+        raise Refusal("reclaim needs the sandbox's state file as descriptor 3") from None
+    held = False
+    if stat.S_ISREG(st.st_mode):
+        try:
+            fcntl.flock(STATE_FD, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            held = True
+    why = state_refusal(caller.uid, stat.S_ISREG(st.st_mode), st.st_uid, st.st_nlink > 0, held)
+    if why is not None:
+        raise Refusal(why)
+    try:
+        data = json.loads(os.pread(STATE_FD, MAX_STATE, 0).decode())
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise Refusal("the state file is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise Refusal("the state file is not a JSON object")
+    return data
+
+
+def op_reclaim(cfg: dict[str, object], caller: Caller, req: dict[str, object]) -> dict[str, object]:
+    """destroy, for `sandbox gc`: at the directories the sandbox's state names (its
+    launcher may have sat in another cgroup than this caller), each of which must carry
+    the caller's owner record, once no launcher holds the state's lock."""
+    name = str(req["name"])
+    job = Job(cfg, name, at=_held_state(caller).get("cgroup_paths"))
+    try:
+        job.open_existing(caller, every=True)
+        _teardown(job, name)
+        paths = sorted(job.path(key) for key in job.fds)
+    finally:
+        job.close()
+    return {"removed": paths}
+
+
+def _teardown(job: Job, name: str) -> None:
+    deadline = time.monotonic() + 10
+    try:
         ufd = job.fds.get("unified")
         if ufd is not None and exists_at(ufd, "cgroup.kill"):
             write_at(ufd, "cgroup.kill", "1")
@@ -1159,10 +1388,7 @@ def op_destroy(cfg: dict[str, object], caller: Caller, req: dict[str, object]) -
             if key in job.fds and job.comounted_with(key) is None:
                 _rmdir_tree(pfd, job.dirname, deadline + 50)
     except OSError as e:
-        raise Refusal(f"cannot destroy {req['name']}: {e.strerror}") from None
-    finally:
-        job.close()
-    return {}
+        raise Refusal(f"cannot destroy {name}: {e.strerror}") from None
 
 
 # -- the process -------------------------------------------------------------------------
@@ -1212,6 +1438,13 @@ def _summary(req: dict[str, object] | None, raw: bytes) -> str:
     return json.dumps({k: v for k, v in req.items() if k != "op"}, sort_keys=True)
 
 
+def _close_state_fd() -> None:
+    try:
+        os.close(STATE_FD)
+    except OSError:
+        pass
+
+
 def main(config_path: str = CONFIG) -> int:
     caller = Caller()
     log: Log | None = None
@@ -1225,7 +1458,9 @@ def main(config_path: str = CONFIG) -> int:
         if not caller.allowed(cfg):
             raise Refusal(f"user {caller.user} is not allowed to use the switchboard")
         req = parse_request(raw)
-        op = {"create": op_create, "attach": op_attach, "destroy": op_destroy}[str(req["op"])]
+        if req["op"] != "reclaim":
+            _close_state_fd()
+        op = {"create": op_create, "attach": op_attach, "destroy": op_destroy, "reclaim": op_reclaim}[str(req["op"])]
         reply = op(cfg, caller, req)
     except (Refusal, Broken, Exception) as e:
         # Anything else is a bug: still one line and a log entry, never a traceback

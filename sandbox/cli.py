@@ -127,8 +127,9 @@ def sandbox_group(debug: bool) -> None:
 def gc_command(cgroup_parent: str | None, stale_only: bool) -> None:
     """Reclaim the cgroups and state of sandboxes whose launcher died (e.g. SIGKILL)."""
     from . import gc
+    from .privilege import current
 
-    names = gc.reclaim_stale()
+    names = gc.reclaim_stale() + current().reclaim_others()
     if not stale_only:
         names += gc.reclaim_orphans(cgroup_parent)
     for name in names:

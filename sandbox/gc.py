@@ -39,7 +39,7 @@ def reclaim_stale(
         try:
             if data is not None and not _owned(data, fd):
                 continue
-            if data is not None and not _reclaim_one(name, data, layout, kill_timeout):
+            if data is not None and not _reclaim_one(name, data, layout, kill_timeout, fd):
                 continue  # its cgroup resisted: the state stays for the next try
             state.remove(name, directory)  # still holding its lock: nobody else acts on it
             reclaimed.append(name)
@@ -59,8 +59,9 @@ def _owned(data: dict[str, object], fd: int) -> bool:
     return current().may_reclaim(facts)
 
 
-def _reclaim_one(name: str, data: dict[str, object], layout: Layout | None, kill_timeout: float) -> bool:
+def _reclaim_one(name: str, data: dict[str, object], layout: Layout | None, kill_timeout: float, fd: int) -> bool:
     from .lost import write_records
+    from .privilege import current
 
     # State.from_dict accepts only sandbox directories of this very name: a doctored or
     # corrupt state file is dropped, never followed to another cgroup.
@@ -69,7 +70,7 @@ def _reclaim_one(name: str, data: dict[str, object], layout: Layout | None, kill
     except RecordError:
         return True
     usage = None
-    cg = record.job_cgroup(layout)
+    cg = current().stale_cgroup(record, fd, layout)
     try:
         if cg.exists():
             cg.kill(kill_timeout)

@@ -32,7 +32,9 @@ from .errors import EXIT_SANDBOX_FAILED, SandboxError
 
 if TYPE_CHECKING:
     from .cgroups import JobCgroup
+    from .cgroups.layout import Layout
     from .limits import Limits
+    from .records import State
 
 SYSTEM_STATE_DIR = "/run/sandbox"
 SYSTEM_ACCOUNTING_LOG = "/var/log/sandbox/accounting.jsonl"
@@ -104,6 +106,15 @@ class Privilege(ABC):
         if not facts.has_cgroup and facts.launcher_uid is None:
             return self.uid == 0 or facts.file_uid == facts.recorded_uid == self.uid
         return self.may_control(facts)
+
+    def stale_cgroup(self, record: State, state_fd: int, layout: Layout | None) -> JobCgroup:
+        """The cgroup of a sandbox whose launcher died, for gc to reclaim (its state file
+        held locked on `state_fd`): the backend on its recorded directories."""
+        return record.job_cgroup(layout)
+
+    def reclaim_others(self) -> list[str]:
+        """What `sandbox gc` reclaims beyond this caller's own state directory."""
+        return []
 
     def scratch_owner(self) -> tuple[int, int]:
         """Who owns the job's scratch directories when no --user is given: the job runs
@@ -214,6 +225,13 @@ class Root(Privilege):
 
         gc.reclaim_stale(kill_timeout=1.0)  # a stuck one is left for `sandbox gc`
 
+    def reclaim_others(self) -> list[str]:
+        # Members' stale sandboxes: each is reclaimed by a child that is that member
+        # (its records go where the member said, with the member's rights, never root's).
+        from .gc_members import reclaim_members
+
+        return reclaim_members()
+
     def state_dir(self) -> str:
         return SYSTEM_STATE_DIR
 
@@ -252,6 +270,16 @@ class SwitchboardMember(Privilege):
 
     def reclaim_stale(self) -> None:
         pass  # the switchboard's agent reclaims this user's own stale sandboxes
+
+    def stale_cgroup(self, record: State, state_fd: int, layout: Layout | None) -> JobCgroup:
+        # The directories (or their parent) are root's: the switchboard removes them,
+        # once it has seen on the state file we hold that no launcher holds its lock.
+        cg = record.job_cgroup(layout)
+        if not record.cgroup_paths:
+            return cg
+        from .switchboard.delegated import StaleDelegatedCgroup
+
+        return StaleDelegatedCgroup(cg, state_fd, layout)
 
     def state_dir(self) -> str:
         return os.path.join(runtime_dir(self.uid, os.environ), "sandbox")
@@ -293,6 +321,9 @@ class Rootless(SwitchboardMember):
 
     def hand_over(self, cg: JobCgroup, init_pid: int) -> None:
         cg.attach(init_pid)  # the tracker takes a pidfd on init: nothing moves
+
+    def stale_cgroup(self, record: State, state_fd: int, layout: Layout | None) -> JobCgroup:
+        return record.job_cgroup(layout)  # no switchboard to ask
 
 
 def current() -> Privilege:

@@ -64,26 +64,80 @@ def check_access(uid: int) -> None:
         raise SandboxError(f"{path} is not a setuid-root program: reinstall with helpers/install-switchboard")
 
 
-def call(request: dict[str, object]) -> dict[str, object]:
-    """One request, one invocation of the helper; the parsed reply or SwitchboardError."""
+def call(request: dict[str, object], state_fd: int | None = None) -> dict[str, object]:
+    """One request, one invocation of the helper; the parsed reply or SwitchboardError.
+    `state_fd` becomes the helper's descriptor 3 (reclaim's state file)."""
     import json
     import subprocess
 
     body = json.dumps({"version": 1, **request}).encode()
     try:
-        proc = subprocess.run([wrapper_path()], input=body, capture_output=True, timeout=TIMEOUT, check=False)
+        if state_fd is None:
+            proc = subprocess.run([wrapper_path()], input=body, capture_output=True, timeout=TIMEOUT, check=False)
+            status, out, err = proc.returncode, proc.stdout, proc.stderr
+        else:
+            status, out, err = _run_with_fd3(body, state_fd)
     except (OSError, subprocess.TimeoutExpired) as e:
         raise SwitchboardError(f"cannot run the switchboard: {e}") from None
-    if proc.returncode != 0:
-        lines = proc.stderr.decode(errors="replace").strip().splitlines() or [f"exit status {proc.returncode}"]
+    if status != 0:
+        lines = err.decode(errors="replace").strip().splitlines() or [f"exit status {status}"]
         raise SwitchboardError(lines[-1].removeprefix("sandbox-switchboard: "))
     try:
-        reply = json.loads(proc.stdout)
+        reply = json.loads(out)
     except ValueError:
         raise SwitchboardError("the switchboard sent an unreadable reply") from None
     if not isinstance(reply, dict) or reply.get("ok") is not True:
         raise SwitchboardError("the switchboard sent an unexpected reply")
     return reply
+
+
+def _run_with_fd3(body: bytes, fd: int) -> tuple[int, bytes, bytes]:
+    """Run the wrapper with `fd` as its descriptor 3 (subprocess keeps descriptors only
+    under their own numbers). A duplicate shares the open file, and so its flock."""
+    import fcntl
+    import selectors
+    import subprocess
+    import time
+
+    src = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)  # never 0-3 itself: dup2 onto 3 clears CLOEXEC
+    pipes = [os.pipe2(os.O_CLOEXEC) for _ in range(3)]
+    (in_r, in_w), (out_r, out_w), (err_r, err_w) = pipes
+    try:
+        actions = [(os.POSIX_SPAWN_DUP2, in_r, 0), (os.POSIX_SPAWN_DUP2, out_w, 1),
+                   (os.POSIX_SPAWN_DUP2, err_w, 2), (os.POSIX_SPAWN_DUP2, src, 3)]
+        pid = os.posix_spawn(wrapper_path(), [wrapper_path()], os.environ, file_actions=actions)
+    finally:
+        for end in (in_r, out_w, err_w, src):
+            os.close(end)
+    out: dict[int, bytes] = {out_r: b"", err_r: b""}
+    try:
+        os.write(in_w, body)  # far below a pipe's capacity
+        os.close(in_w)
+        in_w = -1
+        deadline = time.monotonic() + TIMEOUT
+        with selectors.DefaultSelector() as sel:
+            for end in out:
+                sel.register(end, selectors.EVENT_READ)
+            while sel.get_map():
+                if time.monotonic() > deadline:
+                    raise subprocess.TimeoutExpired(wrapper_path(), TIMEOUT)
+                for key, _ in sel.select(timeout=1.0):
+                    data = os.read(key.fd, 65536)
+                    if not data:
+                        sel.unregister(key.fd)
+                    out[key.fd] += data
+        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), out[out_r], out[err_r]
+    finally:
+        for end in (in_w, out_r, err_r):
+            if end >= 0:
+                os.close(end)
+
+
+def reclaim(name: str, state_fd: int) -> None:
+    """Have the helper end our stale sandbox `name` at the directories its state names.
+    It gets the state file we hold locked: the lock it can take there shows that no
+    launcher holds one (the launcher holds it for life)."""
+    call({"op": "reclaim", "name": name}, state_fd)
 
 
 def _agent_main(req_r: int, rep_w: int, name: str) -> None:

@@ -101,3 +101,28 @@ class DelegatedCgroup(JobCgroup):
         finally:
             self.agent.close()
             self.agent = None
+
+
+class StaleDelegatedCgroup(DelegatedCgroup):
+    """A member's sandbox whose launcher and agent are gone, as `sandbox gc` finds it:
+    killed and read through the backend on what was handed over, removed by the
+    switchboard's reclaim (its directories, or their parent, are root's)."""
+
+    def __init__(self, inner: JobCgroup, state_fd: int, layout: Layout | None = None) -> None:
+        super().__init__(inner.name, layout)
+        self.inner, self.state_fd = inner, state_fd
+        self.version = inner.version
+
+    def kill(self, timeout: float = 10.0) -> None:
+        try:
+            self._backend().kill(timeout)
+        except (CgroupError, OSError):
+            pass  # what the member may not kill (a v1 cgroup's tasks) reclaim kills
+
+    def remove_dirs(self) -> None:
+        from . import client as sb
+
+        try:
+            sb.reclaim(self.name, self.state_fd)
+        except sb.SwitchboardError as e:
+            raise CgroupError(f"the switchboard could not reclaim the cgroup: {e}") from None

@@ -99,6 +99,9 @@ def _installed() -> Iterator[None]:
     finally:
         remove_slot(_dirs(SLOT))
         for user in users:
+            uid = subprocess.run(["id", "-u", user], capture_output=True, text=True, check=False).stdout.strip()
+            if uid.isdigit():  # a launch without XDG_RUNTIME_DIR keeps its state there
+                shutil.rmtree(f"/tmp/sandbox-run-{uid}", ignore_errors=True)
             subprocess.run(["userdel", "-r", user], capture_output=True, check=False)
         for d in (XROOT, OUTSIDE):
             shutil.rmtree(d, ignore_errors=True)
@@ -773,3 +776,177 @@ def test_per_member_cap(switchboard: None, cleanup: list[tuple[str, str]]) -> No
     r = ask(MEMBER2, {"op": "create", "name": "capx", "limits": {}})
     assert r.returncode == 0, r.stderr
     cleanup.append((MEMBER2, "capx"))
+
+
+# -- caps on the sum of a member's limits ------------------------------------------------
+
+
+# three helper requests and a config rewrite: the sums are counted the same on every layout
+@pytest.mark.host_only
+def test_per_member_sum_of_limits(switchboard: None, cleanup: list[tuple[str, str]]) -> None:
+    """With the sums capped at 192 MiB of memory and 2 CPUs per member, two sandboxes of
+    64 MiB and 0.5 CPUs fit; a third that would pass either sum is refused with one line
+    and nothing made; one that fits is made; another member is counted apart."""
+    saved = CONFIG.read_text()
+    CONFIG.write_text(saved.replace("[limits]\n", f"[limits]\nmax_memory_bytes_per_member = {192 << 20}\n"
+                                                  "max_cpus_per_member = 2\n"))
+    try:
+        for i in range(2):
+            r = ask(MEMBER, {"op": "create", "name": f"sum{i}", "limits": {"memory": 64 << 20, "cpus": 0.5}})
+            assert r.returncode == 0, (i, r.stderr)
+            cleanup.append((MEMBER, f"sum{i}"))
+        refused(MEMBER, {"op": "create", "name": "sumx", "limits": {"memory": 128 << 20, "cpus": 0.5}},
+                f"memory {128 << 20} would take this user's live sandboxes to {256 << 20}, above the {192 << 20}")
+        refused(MEMBER, {"op": "create", "name": "sumx", "limits": {"memory": 64 << 20, "cpus": 1.5}},
+                "cpus 1.50 would take this user's live sandboxes to 2.50, above the 2 allowed per member")
+        # unset, the memory limit would be the 1 GiB maximum: far above what is left
+        refused(MEMBER, {"op": "create", "name": "sumx", "limits": {"cpus": 0.5}}, "would take")
+        r = ask(MEMBER2, {"op": "create", "name": "sum-other", "limits": {"memory": 192 << 20, "cpus": 1}})
+        assert r.returncode == 0, r.stderr
+        cleanup.append((MEMBER2, "sum-other"))
+        r = ask(MEMBER, {"op": "create", "name": "sum2", "limits": {"memory": 64 << 20, "cpus": 1}})
+        assert r.returncode == 0, r.stderr
+        cleanup.append((MEMBER, "sum2"))
+    finally:
+        CONFIG.write_text(saved)
+
+
+# -- gc of a member's sandbox whose launcher and agent died --------------------------------
+
+GC_ENV = {"PATH": "/usr/bin:/bin"}  # no XDG_RUNTIME_DIR: the state goes to /tmp/sandbox-run-UID
+
+
+@pytest.fixture
+def subreaper() -> Iterator[None]:
+    """Killed launchers' agents and inits are reparented to us, and we reap them (PID 1
+    here never reaps orphans: a zombie would stay)."""
+    import prctl
+
+    prctl.set_child_subreaper(1)
+    try:
+        yield
+    finally:
+        prctl.set_child_subreaper(0)
+        while True:
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                    break
+            except ChildProcessError:
+                break
+
+
+def _uid(user: str) -> int:
+    return int(subprocess.run(["id", "-u", user], capture_output=True, text=True, check=True).stdout)
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        out += [int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+    return out
+
+
+def _stale(user: str, name: str) -> tuple[Path, dict[str, object]]:
+    """A member's sandbox whose launcher and agent were both SIGKILLed (a batch system's
+    kill of the whole job): its state file and what it says."""
+    import time
+
+    from sandbox import state as state_mod
+
+    path = Path(state_mod.path_for(name, f"/tmp/sandbox-run-{_uid(user)}/sandbox"))
+    proc = subprocess.Popen([*as_user(user), SANDBOX_RUN, "--name", name, "--", "sleep", "1000"], env=GC_ENV,
+                            cwd="/")
+    data: dict[str, object] = {}
+    deadline = time.monotonic() + 120
+    while not data.get("job_host_pid") and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+    assert data.get("job_host_pid"), f"the launch did not start ({proc.poll()})"
+    launcher = int(data["launcher_pid"])  # type: ignore[call-overload]
+    agents = [c for c in _children(launcher) if f"sandbox-{name}" not in Path(f"/proc/{c}/cgroup").read_text()]
+    assert len(agents) == 1, agents
+    # The member's own reclaim of a live sandbox: refused, nothing changed.
+    before = snapshot()
+    r = subprocess.run([*as_user(user), "/bin/sh", "-c", 'exec "$0" 3<"$1"', WRAPPER, str(path)],
+                       input=json.dumps({"version": 1, "op": "reclaim", "name": name}).encode(),
+                       capture_output=True, timeout=60, check=False, env=GC_ENV)
+    assert r.returncode == 1 and b"its launcher is alive" in r.stderr, r.stderr
+    assert snapshot() == before
+    os.kill(agents[0], signal.SIGSTOP)  # so that it cannot destroy the sandbox when the launcher dies
+    os.kill(launcher, signal.SIGKILL)
+    proc.wait(timeout=30)
+    os.kill(agents[0], signal.SIGKILL)
+    os.waitpid(agents[0], 0)  # ours now: reparented to the subreaper
+    paths = data["cgroup_paths"]
+    assert isinstance(paths, dict) and paths and all(os.path.isdir(p) for p in paths.values())
+    return path, data
+
+
+def _gone(path: Path, data: dict[str, object], user: str) -> None:
+    """Nothing of the sandbox is left, and its launcher_lost record was written."""
+    paths = data["cgroup_paths"]
+    assert isinstance(paths, dict)
+    assert [p for p in paths.values() if os.path.exists(p)] == []
+    assert not path.exists()
+    log = Path(f"/home/{user}/.local/state/sandbox/accounting.jsonl")
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    mine = [r for r in records if r.get("name") == data["name"]]
+    assert [r["status"] for r in mine] == ["launcher_lost"], mine
+    assert os.stat(log).st_uid == _uid(user)  # written with the member's rights, root's gc too
+
+
+def _forged_by(user: str, data: dict[str, object]) -> Path:
+    """`user`'s own copy of another member's state, in `user`'s own state directory."""
+    d = Path(f"/tmp/sandbox-run-{_uid(user)}/sandbox")
+    d.mkdir(parents=True, exist_ok=True)
+    for p in (d.parent, d):
+        shutil.chown(p, user, user)
+    os.chmod(d.parent, 0o700)
+    forged = d / f"{data['name']}.state"
+    forged.write_text(json.dumps({**data, "uid": _uid(user)}))
+    shutil.chown(forged, user, user)
+    return forged
+
+
+# two member launches killed: seconds each under the guests' emulation; the cgroup facts are the helper's
+@pytest.mark.host_only
+def test_member_gc_reclaims_its_stale_sandbox_and_no_other_member_can(switchboard: None, subreaper: None) -> None:
+    name = f"sbt-gc-{os.getpid()}"
+    path, data = _stale(MEMBER, name)
+    forged = _forged_by(MEMBER2, data)
+    try:
+        before = snapshot()
+        # another member: its gc, with its own copy of the state, reclaims nothing
+        r = subprocess.run([*as_user(MEMBER2), SANDBOX, "gc"], capture_output=True, text=True, timeout=60,
+                           check=False, env=GC_ENV)
+        assert r.returncode == 0 and "reclaimed" not in r.stdout, (r.stdout, r.stderr)
+        # ... nor does the helper, asked directly with that copy
+        r2 = subprocess.run([*as_user(MEMBER2), "/bin/sh", "-c", 'exec "$0" 3<"$1"', WRAPPER, str(forged)],
+                            input=json.dumps({"version": 1, "op": "reclaim", "name": name}).encode(),
+                            capture_output=True, timeout=60, check=False, env=GC_ENV)
+        assert r2.returncode == 1 and r2.stderr.count(b"\n") == 1, r2.stderr
+        assert b"belongs to another user" in r2.stderr, r2.stderr
+        assert snapshot() == before and path.exists()
+        r = subprocess.run([*as_user(MEMBER), SANDBOX, "gc"], capture_output=True, text=True, timeout=60,
+                           check=False, env=GC_ENV)
+        assert r.returncode == 0 and f"reclaimed {name}" in r.stdout, (r.stdout, r.stderr)
+        _gone(path, data, MEMBER)
+    finally:
+        forged.unlink(missing_ok=True)
+        subprocess.run([SANDBOX, "gc"], capture_output=True, check=False)
+
+
+# a member launch killed: seconds under the guests' emulation; the cgroup facts are the helper's
+@pytest.mark.host_only
+def test_root_gc_reclaims_a_members_stale_sandbox(switchboard: None, subreaper: None) -> None:
+    name = f"sbt-rootgc-{os.getpid()}"
+    path, data = _stale(MEMBER, name)
+    try:
+        r = subprocess.run([SANDBOX, "gc", "--stale-only"], capture_output=True, text=True, timeout=120, check=False)
+        assert r.returncode == 0 and f"reclaimed {name}" in r.stdout, (r.stdout, r.stderr)
+        _gone(path, data, MEMBER)
+    finally:
+        subprocess.run([*as_user(MEMBER), SANDBOX, "gc"], capture_output=True, check=False, env=GC_ENV)

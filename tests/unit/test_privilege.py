@@ -93,7 +93,20 @@ def test_gc_reclaims_a_stale_cgroupless_sandbox_only_from_the_callers_own_file(m
     assert root.may_reclaim(own(1000, 1000, frozenset(), False, None))
 
 
+def _logind_dir_for(monkeypatch: pytest.MonkeyPatch, uid: int) -> None:
+    """/run/user/UID as logind makes it (whether or not this host has one for `uid`), so
+    that no test falls back to making a directory for a uid it is not."""
+    real = os.lstat
+    fake = os.stat_result((0o40700, 0, 0, 2, uid, uid, 0, 0, 0, 0))
+
+    def lstat(path: object, *a: object, **kw: object) -> os.stat_result:
+        return fake if path == f"/run/user/{uid}" else real(path, *a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(privilege.os, "lstat", lstat)
+
+
 def test_built_in_locations(monkeypatch: pytest.MonkeyPatch) -> None:
+    _logind_dir_for(monkeypatch, 1000)
     root = _as(monkeypatch, 0, 0, 0)
     assert root.builtin_default("state_dir") == "/run/sandbox"
     assert root.builtin_default("accounting_log") == "/var/log/sandbox/accounting.jsonl"
@@ -159,6 +172,7 @@ def test_only_root_reclaims_at_launch(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_a_user_the_switchboard_refuses_is_rootless(monkeypatch: pytest.MonkeyPatch) -> None:
+    _logind_dir_for(monkeypatch, 1000)
     p = _as(monkeypatch, 1000, 1000, 100, refusal=NOT_MEMBER)
     assert isinstance(p, privilege.Rootless) and p.name == "rootless"
     assert p.why == NOT_MEMBER
