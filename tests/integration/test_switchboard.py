@@ -950,3 +950,18 @@ def test_root_gc_reclaims_a_members_stale_sandbox(switchboard: None, subreaper: 
         _gone(path, data, MEMBER)
     finally:
         subprocess.run([*as_user(MEMBER), SANDBOX, "gc"], capture_output=True, check=False, env=GC_ENV)
+
+
+# the installation, the same on every layout
+@pytest.mark.host_only
+def test_the_helper_runs_from_roots_bytecode(switchboard: None) -> None:
+    """The installer byte-compiles the helper (a request would compile it anew otherwise):
+    root's, beside it, writable by root only, and the wrapper imports it from there."""
+    import importlib.util
+
+    helper = Path(WRAPPER).parent / "switchboard.py"
+    pyc = Path(importlib.util.cache_from_source(str(helper)))
+    for p in (pyc, pyc.parent):
+        st = os.stat(p)
+        assert st.st_uid == 0 and not st.st_mode & 0o022, p
+    assert f"sys.path.append('{helper.parent}'); import switchboard".encode() in Path(WRAPPER).read_bytes()

@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""The switchboard's time per launch: a group member's `sandbox-run -- /bin/true` (three
+requests to the setuid helper: create, attach, destroy) beside root's, in one hyperfine
+run, both started the same way from the same batch-slot cgroup.
+
+    .venv/bin/python tests/benchmarks/bench_switchboard.py [--runs 30] [--json out.json]
+
+Installs the switchboard, its test config and test users exactly as
+tests/integration/test_switchboard.py does (and removes them after, under the same
+machine-wide lock), then prints the medians and the ratio member / root. The target is
+at most 1.5. Not a test: the machine is shared and noisy, so the figure is a median of
+many runs, compared only with root's measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.benchmarks.bench_launch import hyperfine
+from tests.integration import test_switchboard as sbt
+
+ROOT_LABEL = "root: sandbox-run --mem 64M -- /bin/true"
+MEMBER_LABEL = "member (switchboard): sandbox-run --mem 64M -- /bin/true"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--json", dest="json_out")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("run as root")
+    job = [sbt.SANDBOX_RUN, "--mem", "64M", "--", "/bin/true"]
+    home = f"/home/{sbt.MEMBER}"
+    env = ["env", "-i", "PATH=/usr/bin:/bin", f"HOME={home}", f"XDG_RUNTIME_DIR={home}"]
+    commands = {
+        # the same shell moves each into the slot; root's runs through a shell too
+        ROOT_LABEL: shlex.join(sbt.in_slot(sbt._dirs(sbt.SLOT), ["/bin/sh", "-c", 'exec "$0" "$@"', *env, *job])),
+        MEMBER_LABEL: shlex.join([*sbt.as_user(sbt.MEMBER), *env, *job]),
+    }
+    lock = os.open("/run/lock/sandbox-switchboard-tests.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    installed = sbt._installed()
+    try:
+        next(installed)
+        os.chdir("/")
+        launch = hyperfine(commands, args.runs)
+    finally:
+        installed.close()
+        os.close(lock)
+    print("| command | median | mean ± sd | min |")
+    print("|---|---|---|---|")
+    for label, r in launch.items():
+        print(f"| {label} | {r['median_ms']:.1f} ms | {r['mean_ms']:.1f} ± {r['stddev_ms']:.1f} ms | "
+              f"{r['min_ms']:.1f} ms |")
+    ratio = launch[MEMBER_LABEL]["median_ms"] / launch[ROOT_LABEL]["median_ms"]
+    print(f"\nlaunch median, member / root: {ratio:.2f} (target: at most 1.5)")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps({"launch": launch, "ratio": ratio}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
