@@ -174,15 +174,25 @@ def send_signal(name: str, sig: int) -> int:
     return len(pids)
 
 
+# A freeze completes once every task has reached the freezer; on a loaded machine (or
+# under emulation) a busy job's tasks take longer than the backends' 2 s wait, and on v1
+# writing FROZEN again retries the tasks not yet frozen. Give up only after this long.
+SUSPEND_ATTEMPTS = 5
+
+
 def suspend(name: str) -> None:
     r = find(name)
-    try:
-        r.cg.freeze()
-    except (OSError, CgroupError) as e:
-        raise _fail(f"sandbox {name!r}: cannot freeze: {e}") from None
-    frozen = r.cg.is_frozen()
-    if frozen is None:
-        raise _fail(f"sandbox {name!r}: this host has no cgroup freezer")
+    frozen: bool | None = False
+    for _ in range(SUSPEND_ATTEMPTS):
+        try:
+            r.cg.freeze()
+        except (OSError, CgroupError) as e:
+            raise _fail(f"sandbox {name!r}: cannot freeze: {e}") from None
+        frozen = r.cg.is_frozen()
+        if frozen is None:
+            raise _fail(f"sandbox {name!r}: this host has no cgroup freezer")
+        if frozen:
+            return
     if not frozen:
         r.cg.thaw()
         raise _fail(f"sandbox {name!r}: the freezer did not complete; left running")
