@@ -9,7 +9,13 @@ A launcher runs in one of these modes, chosen once when it starts:
   other namespaces from a user namespace of its own, entered just before the PID
   namespace; state and the accounting log live in the user's own directories.
 
-- Rootless: neither root nor allowed to use the switchboard (or it is not
+- Delegated: an ordinary user whose own cgroup v2 was delegated to them (systemd's
+  user@UID.service, a batch system's subtree; cgroups/delegation.py reads the kernel's
+  facts). The launcher makes the job's cgroup there itself, with real limits, and the
+  namespaces as rootless: no setuid program anywhere. Chosen before the switchboard: no
+  privileged helper to trust or pay for per launch, and the sandbox stays where the
+  user's processes are, under the limits the site put on that cgroup.
+- Rootless: neither root, nor delegated, nor allowed to use the switchboard (or it is not
   installed). The launcher makes every namespace from a user namespace of its own and
   no cgroup at all: the job's PID namespace is its family (sandbox/tracking.py).
   Limits only a cgroup enforces are refused, with the reason and the fix, unless the
@@ -32,6 +38,7 @@ from .errors import EXIT_SANDBOX_FAILED, SandboxError
 
 if TYPE_CHECKING:
     from .cgroups import JobCgroup
+    from .cgroups.delegation import Delegation
     from .cgroups.layout import Layout
     from .limits import Limits
     from .records import State
@@ -326,12 +333,64 @@ class Rootless(SwitchboardMember):
         return record.job_cgroup(layout)  # no switchboard to ask
 
 
+class Delegated(Rootless):
+    """The job's cgroup made by the user in their delegated cgroup (beside a leaf the
+    launcher moves that cgroup's processes into when it has some), the namespaces as
+    rootless. The limits bound a runaway job, not the user, who owns the files that set
+    them (the site's bound is the delegated cgroup's own limits, which stay root's)."""
+
+    name = "delegated"
+
+    def __init__(self, uid: int, euid: int, egid: int, delegation: Delegation) -> None:
+        super().__init__(uid, euid, egid)
+        self.delegation = delegation
+
+    def check_limits(self, limits: Limits, best_effort: bool) -> None:
+        missing = self.delegation.unoffered(limits)
+        if missing:
+            raise SandboxError(
+                f"{'/'.join(missing)} cannot be enforced: the delegated cgroup {self.delegation.directory} does not "
+                "offer its controller; ask for it to be delegated (systemd: Delegate= of user@.service)"
+            )
+
+    def job_cgroup(self, name: str, parent: str | None) -> JobCgroup:
+        from .cgroups import CgroupError, job_cgroup
+
+        if parent is not None:
+            raise CgroupError("--cgroup-parent needs root: a delegated user's sandboxes go in their own cgroup, "
+                              f"{self.delegation.directory}")
+        return job_cgroup(name, None)
+
+    def hand_over(self, cg: JobCgroup, init_pid: int) -> None:
+        # init joins by itself, through the cgroup.procs fds opened before the user
+        # namespace: the kernel checks the opener's rights, the delegated user's
+        cg.attach(init_pid)
+
+    def reclaim_stale(self) -> None:
+        from . import gc
+
+        # the user's own state directory only; what it names is theirs (may_reclaim)
+        gc.reclaim_stale(kill_timeout=1.0)
+
+
+def delegation(uid: int) -> Delegation | str:
+    """The caller's delegated cgroup, or why there is none (the kernel's facts)."""
+    from .cgroups.delegation import find
+
+    return find(uid)
+
+
 def current() -> Privilege:
-    """The mode of this process, from its effective ids and whether the switchboard
-    will serve it: decided here and nowhere else."""
+    """The mode of this process, from its effective ids, whether its own cgroup is
+    delegated to it and whether the switchboard will serve it: decided here and
+    nowhere else."""
     uid, euid, egid = os.getuid(), os.geteuid(), os.getegid()
     if euid == 0:
         return Root(uid, euid, egid)
+    if uid == euid:  # files it makes are its real uid's, whose sandbox it is
+        found = delegation(uid)
+        if not isinstance(found, str):
+            return Delegated(uid, euid, egid, found)
     from .switchboard.client import check_access
 
     try:

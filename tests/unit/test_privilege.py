@@ -9,6 +9,7 @@ import pytest
 
 from sandbox import privilege
 from sandbox.cgroups import CgroupError
+from sandbox.cgroups.delegation import DELEGATED_FILES, Delegation, check
 from sandbox.errors import SandboxError
 from sandbox.limits import Limits
 from sandbox.ns.user import unavailable
@@ -16,11 +17,14 @@ from sandbox.tracking import PidNamespaceJob, unenforced
 
 
 def _as(
-    monkeypatch: pytest.MonkeyPatch, uid: int, euid: int, egid: int, refusal: str | None = None
+    monkeypatch: pytest.MonkeyPatch, uid: int, euid: int, egid: int, refusal: str | None = None,
+    *, delegated: Delegation | str = "not delegated",
 ) -> privilege.Privilege:
     """The mode of a process with these ids, for whom the switchboard says refusal
-    (None: it serves them)."""
+    (None: it serves them) and whose own cgroup is `delegated` (a str: why not)."""
     from sandbox.switchboard import client
+
+    monkeypatch.setattr(privilege, "delegation", lambda _uid: delegated)
 
     def check_access(_uid: int) -> None:
         if refusal is not None:
@@ -160,7 +164,7 @@ def test_root_without_a_usable_cgroup_tracks_by_pid_namespace(monkeypatch: pytes
     assert not isinstance(root.job_cgroup("j", None), PidNamespaceJob)
 
 
-def test_only_root_reclaims_at_launch(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_root_reclaims_at_launch_a_member_leaves_it_to_the_agent(monkeypatch: pytest.MonkeyPatch) -> None:
     from sandbox import gc
 
     calls: list[float] = []
@@ -338,3 +342,87 @@ def test_runtime_dir_without_xdg_falls_back_to_a_private_one(tmp_path: Path) -> 
     if got != f"/run/user/{uid}":
         with pytest.raises(SandboxError, match="not a private directory"):
             privilege.runtime_dir(uid, {"TMPDIR": str(other)})
+
+
+# -- a cgroup delegated to the user ----------------------------------------------------
+
+D = "/sys/fs/cgroup/user.slice/user-1000.slice/user@1000.service/app.slice/job.scope"
+DELEGATED_BY_SYSTEMD = {"": 1000, "cgroup.procs": 1000, "cgroup.subtree_control": 1000, "cgroup.threads": 1000}
+
+
+def test_a_cgroup_delegated_as_systemd_does_is_found() -> None:
+    found = check(1000, "v2", D, DELEGATED_BY_SYSTEMD, "cpu memory pids\n")
+    assert found == Delegation(D, frozenset({"cpu", "memory", "pids"}))
+
+
+@pytest.mark.parametrize("name", ["", *DELEGATED_FILES])
+def test_one_file_not_the_users_is_no_delegation(name: str) -> None:
+    for owner in (0, 1001, None):
+        why = check(1000, "v2", D, {**DELEGATED_BY_SYSTEMD, name: owner}, "cpu memory pids")
+        assert isinstance(why, str) and "not delegated to uid 1000" in why
+        assert (D + "/" + name if name else D) in why
+
+
+def test_a_delegation_without_memory_or_pids_is_not_chosen() -> None:
+    why = check(1000, "v2", D, DELEGATED_BY_SYSTEMD, "cpu pids")
+    assert why == f"the delegated cgroup {D} offers no memory controller to its children"
+    assert isinstance(check(1000, "v2", D, DELEGATED_BY_SYSTEMD, ""), str)
+
+
+def test_the_hybrid_layout_is_never_delegated() -> None:
+    # this machine's layout: user@UID.service's directory in the unified mount is the
+    # user's, but that mount has no controllers (they are in v1, root's): no limits to promise
+    unified = D.replace("/sys/fs/cgroup/", "/sys/fs/cgroup/unified/")
+    why = check(1000, "hybrid", unified, DELEGATED_BY_SYSTEMD, "")
+    assert why == "the controllers are in cgroup v1 hierarchies, which only root can write"
+    assert isinstance(check(1000, "hybrid", unified, DELEGATED_BY_SYSTEMD, "cpu memory pids"), str)
+    assert isinstance(check(1000, "v1", None, {}, None), str)
+
+
+def test_find_reads_the_hybrid_layout_as_not_delegated() -> None:
+    from sandbox.cgroups.delegation import find
+    from sandbox.cgroups.layout import parse
+
+    mountinfo = ("30 25 0:26 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n"
+                 "31 25 0:27 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n")
+    layout = parse(mountinfo, "0::/user.slice/user-1000.slice/user@1000.service\n5:memory:/user.slice\n")
+    assert find(1000, layout) == "the controllers are in cgroup v1 hierarchies, which only root can write"
+
+
+def test_a_delegated_user_gets_the_delegated_mode_before_the_switchboard(monkeypatch: pytest.MonkeyPatch) -> None:
+    found = Delegation(D, frozenset({"memory", "pids"}))
+    for refusal in (None, NOT_MEMBER):  # chosen whether or not the switchboard would serve them
+        p = _as(monkeypatch, 1000, 1000, 100, refusal=refusal, delegated=found)
+        assert isinstance(p, privilege.Delegated) and p.name == "delegated"
+    assert isinstance(_as(monkeypatch, 1000, 1000, 100, delegated="no"), privilege.SwitchboardMember)
+    assert isinstance(_as(monkeypatch, 0, 0, 0, delegated=found), privilege.Root)
+    # a setuid-other-user process makes files its euid's, not its caller's: never delegated
+    assert not isinstance(_as(monkeypatch, 1000, 1001, 100, delegated=found), privilege.Delegated)
+
+
+def test_the_delegated_mode_refuses_only_limits_its_cgroup_cannot_enforce(monkeypatch: pytest.MonkeyPatch) -> None:
+    p = _as(monkeypatch, 1000, 1000, 1000, delegated=Delegation(D, frozenset({"memory", "pids"})))
+    p.check_limits(Limits(memory_bytes=1 << 26, swap_bytes=0, pids=5, tmp_bytes=1), best_effort=False)
+    with pytest.raises(SandboxError) as e:
+        p.check_limits(Limits(memory_bytes=1 << 26, cpus=1.0), best_effort=True)
+    assert e.value.message.startswith(f"--cpus cannot be enforced: the delegated cgroup {D} does not offer")
+    assert "\n" not in e.value.message and e.value.exit_code == 125
+    with pytest.raises(CgroupError, match="--cgroup-parent needs root"):
+        p.job_cgroup("j", "/batch")
+
+
+def test_a_delegated_user_reclaims_their_own_stale_sandboxes_at_launch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sandbox import gc
+
+    calls: list[float] = []
+    monkeypatch.setattr(gc, "reclaim_stale", lambda kill_timeout: calls.append(kill_timeout) or [])
+    _as(monkeypatch, 1000, 1000, 1000, delegated=Delegation(D, frozenset({"memory", "pids"}))).reclaim_stale()
+    assert calls == [1.0]
+
+
+def test_a_delegated_users_sandbox_is_theirs_by_its_cgroups_owner(monkeypatch: pytest.MonkeyPatch) -> None:
+    p = _as(monkeypatch, 1000, 1000, 1000, delegated=Delegation(D, frozenset({"memory", "pids"})))
+    own = privilege.Ownership
+    assert p.may_control(own(1000, 1000, frozenset({1000})))
+    assert not p.may_control(own(1000, 1000, frozenset({1001})))  # a state file naming another's cgroup
+    assert not p.may_control(own(1001, 1001, frozenset({1001})))
