@@ -726,7 +726,8 @@ def test_a_forged_state_file_shows_and_controls_nothing_of_roots(switchboard: No
     nothing of it, kill and suspend refuse, and root's job runs on untouched."""
     uid = int(subprocess.run(["id", "-u", MEMBER], capture_output=True, text=True, check=True).stdout)
     name = f"sbt-forged-{os.getpid()}"
-    job = subprocess.Popen([SANDBOX_RUN, "--name", name, "--", "sleep", "60"])
+    # ended by `sandbox kill` below; it must outlive the checks, which take minutes under emulation
+    job = subprocess.Popen([SANDBOX_RUN, "--name", name, "--", "sleep", "600"])
     home = Path(f"/home/{MEMBER}")
     forged = home / "sandbox" / Path(__import__("sandbox.state").state.path_for(name, "/")).name
     try:
