@@ -8,7 +8,6 @@ A launcher runs in one of these modes, chosen once when it starts:
   configured parent and moves init into it; the launcher gets the right to make the
   other namespaces from a user namespace of its own, entered just before the PID
   namespace; state and the accounting log live in the user's own directories.
-
 - Delegated: an ordinary user whose own cgroup v2 was delegated to them (systemd's
   user@UID.service, a batch system's subtree; cgroups/delegation.py reads the kernel's
   facts). The launcher makes the job's cgroup there itself, with real limits, and the
@@ -21,9 +20,8 @@ A launcher runs in one of these modes, chosen once when it starts:
   Limits only a cgroup enforces are refused, with the reason and the fix, unless the
   caller allows them to go unenforced (--limits best-effort).
 
-Everything that differs between the modes is a method here, so another mode is one
-more class, not one more `if` in every module. Nothing else in sandbox/ reads the uid (tests/unit/test_architecture.py
-checks it).
+Everything that differs between the modes is a method here, so another mode is one more class, not one more `if`
+in every module. Nothing else in sandbox/ reads the uid (tests/unit/test_architecture.py checks it).
 """
 
 from __future__ import annotations
@@ -49,6 +47,7 @@ SYSTEM_ACCOUNTING_LOG = "/var/log/sandbox/accounting.jsonl"
 
 class Privilege(ABC):
     name: ClassVar[str]
+    device_rules: ClassVar[bool] = False  # a private /dev's rules in the job's cgroup: see Root
 
     def __init__(self, uid: int, euid: int, egid: int) -> None:
         self.uid = uid  # the real uid: whose sandbox it is, recorded in its state
@@ -186,6 +185,7 @@ def runtime_dir(uid: int, environ: Mapping[str, str]) -> str:
 
 class Root(Privilege):
     name = "root"
+    device_rules = True  # only root: a v2 device program needs CAP_SYS_ADMIN; the others' jobs are in a user namespace
 
     def __init__(self, uid: int, euid: int, egid: int) -> None:
         super().__init__(uid, euid, egid)

@@ -85,7 +85,7 @@ class Launch:
         # after this leaves a record that `sandbox gc` reclaims. Holding the name's state
         # is what makes the cgroup ours: a name in use is refused before anything is made.
         self._claim(cg)
-        cg.create(setup.job_limits(self.spec, self.fs))  # cleans up its own partial work
+        cg.create(setup.job_limits(self.spec, self.fs, self.privilege.device_rules))  # cleans up its own partial work
         self.cg = cg
 
     def _start_and_supervise(self, ops: list[mountns.SetupOp]) -> int | None:

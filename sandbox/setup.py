@@ -35,9 +35,10 @@ def prepare_fs(spec: JobSpec, privilege: Privilege) -> Prepared | None:
     return prepare(spec.execute_dir, spec.binds, spec.hide, owner, privilege.scratch_owner(), devices=spec.devices)
 
 
-def job_limits(spec: JobSpec, fs: Prepared | None) -> Limits:
-    """The limits the cgroup gets: with a private /dev, only its devices may be opened."""
-    if spec.dev != "private" or fs is None:
+def job_limits(spec: JobSpec, fs: Prepared | None, device_rules: bool = True) -> Limits:
+    """The limits the cgroup gets: with a private /dev (and `device_rules`: the
+    privilege's say), only its devices may be opened."""
+    if spec.dev != "private" or fs is None or not device_rules:
         return spec.limits
     from .devices import allow_list
 

@@ -27,6 +27,7 @@ class HybridCgroup(JobCgroup):
     def create(self, limits: Limits) -> None:
         self.v1.create(limits)
         try:
+            # no device program here: the v1 devices controller already enforces the list
             self.v2.create(Limits(), ())
         except BaseException:
             self.v1.remove_dirs()

@@ -187,6 +187,12 @@ class V2Part:
             quota = limits.cpu_quota_us()
             if quota is not None and "cpu" in controllers:
                 write_file(self.file("cpu.max"), f"{quota} {CPU_PERIOD_US}")
+            if limits.devices is not None:
+                # v2 has no devices controller: a device program, before any process joins.
+                # Without a private /dev nothing is loaded (the launch pays nothing).
+                from .device_bpf import attach
+
+                attach(self.dir, limits.devices)
         except OSError as e:
             remove_tree(self.dir)
             raise CgroupError(f"cannot set cgroup limit: {e.strerror} ({e.filename or self.dir})") from None

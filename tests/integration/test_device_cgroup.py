@@ -1,6 +1,7 @@
-"""The devices controller behind --dev private: a root job mounts a tmpfs of its own
+"""The device allow-list behind --dev private: a root job mounts a tmpfs of its own
 (the private /dev is nodev), mknods a host device there (/dev/kmsg, the root disk) and
-cannot open it; with --device that one device opens. Only where a v1 devices controller exists."""
+cannot open it; with --device that one node opens. Enforced by the v1 devices controller (v1, hybrid)
+or, on pure v2, by the BPF device program attached to the job's cgroup."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import pytest
 from sandbox.cgroups.layout import detect
 from tests.conftest import needs_root, run_sandbox
 
+LAYOUT = detect()
 pytestmark = [needs_root, pytest.mark.cgroup,
-              pytest.mark.skipif("devices" not in detect().v1, reason="no v1 devices controller")]
+              pytest.mark.skipif("devices" not in LAYOUT.v1 and LAYOUT.kind != "v2",
+                                 reason="no v1 devices controller and not pure v2")]
 
 ATTACK = """
 import ctypes, os, stat, sys
@@ -59,3 +62,30 @@ def test_the_device_passed_opens_and_no_other() -> None:
     assert r.stdout.split() == ["opened"], r.stderr
     r = run_sandbox(*base, str(major), str(minor), "b")
     assert r.stdout.split() == ["refused", "1"], r.stderr
+
+
+# Run by a root job: how many device programs its cgroup has beyond its parent's, and
+# what bpf(2) answers the job itself under the default filter.
+QUERY = """
+import os, sys
+from sandbox.cgroups.device_bpf import effective
+path = "/sys/fs/cgroup" + open("/proc/self/cgroup").read().split("::", 1)[1].strip()
+try:
+    fds = [os.open(p, os.O_RDONLY | os.O_DIRECTORY) for p in (path, os.path.dirname(path))]
+    print("added", effective(fds[0]) - effective(fds[1]))
+except OSError as e:
+    print("bpf", e.errno)
+with open("/dev/null", "w") as f:
+    f.write("x")
+print("null ok")
+"""
+
+
+@pytest.mark.layout("v2")  # the BPF device program is pure v2's
+def test_only_a_private_dev_attaches_a_program_and_the_job_cannot_reach_bpf() -> None:
+    r = run_sandbox("--dev", "private", "--seccomp", "none", "--", sys.executable, "-c", QUERY)
+    assert r.stdout.split() == ["added", "1", "null", "ok"], r.stderr
+    r = run_sandbox("--seccomp", "none", "--", sys.executable, "-c", QUERY)
+    assert r.stdout.split() == ["added", "0", "null", "ok"], r.stderr  # no --dev private: nothing
+    r = run_sandbox("--dev", "private", "--", sys.executable, "-c", QUERY)
+    assert r.stdout.split() == ["bpf", "1", "null", "ok"], r.stderr  # the default filter: no detach
