@@ -44,13 +44,10 @@ def dev_mode(text: str) -> str:
     return text
 
 
-def _device(text: str) -> str:
-    path, sep, perms = text.partition(":")
-    if not path.startswith("/dev/") or (sep and perms != "rwm"):
-        # narrower rights than rwm need the devices cgroup controller, which is not wired
-        # yet: refuse rather than pretend
-        raise ValueError(f"invalid --device {text!r}: expected /dev/PATH or /dev/PATH:rwm")
-    return path
+def _device(text: str) -> tuple[str, str]:
+    from .devices import parse_device
+
+    return parse_device(text)
 
 
 def _keep_fd(text: str) -> int:
@@ -159,8 +156,8 @@ RUN_OPTIONS: tuple[Option, ...] = (
            "MODE", _net),
     Option(("--dev",), "dev", "Devices: host [default], or private (a new /dev: null, zero, full, random, "
            "urandom, tty, its own pts, shm, and --device nodes).", "MODE", dev_mode),
-    Option(("--device",), "devices", "With --dev private: pass the host's device node PATH (e.g. /dev/nvidia0) "
-           "(repeatable).", "PATH[:rwm]", _device, multiple=True),
+    Option(("--device",), "devices", "With --dev private: pass the host's device node PATH (e.g. /dev/nvidia0), "
+           "with ACCESS letters of r, w, m [rwm] (repeatable).", "PATH[:ACCESS]", _device, multiple=True),
     Option(("--pty",), "pty", "Give the job a terminal of its own, relayed to ours (default when one of "
            "fds 0-2 is a terminal).", is_flag=True),
     Option(("--no-pty",), "no_pty", "Never give the job a terminal: it keeps fds 0-2 as they are, in a session "

@@ -42,10 +42,12 @@ def job_limits(spec: JobSpec, fs: Prepared | None, device_rules: bool = True) ->
         return spec.limits
     from .devices import allow_list
 
+    narrower = dict(spec.device_access)
     nodes = []
-    for d in fs.devices:
+    for path, d in zip(spec.devices, fs.devices, strict=True):  # prepare() keeps their order
         st = os.stat(d.fd)
-        nodes.append((stat.S_ISBLK(st.st_mode), os.major(st.st_rdev), os.minor(st.st_rdev)))
+        nodes.append((stat.S_ISBLK(st.st_mode), os.major(st.st_rdev), os.minor(st.st_rdev),
+                      narrower.get(path, "rwm")))
     return spec.limits._replace(devices=allow_list(tuple(nodes)))
 
 

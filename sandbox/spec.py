@@ -61,6 +61,7 @@ class JobSpec(NamedTuple):
     best_effort: bool = False  # --limits best-effort: run even where a limit cannot be enforced
     dev: str = "host"  # or "private": a new /dev with the basic nodes and `devices`
     devices: tuple[str, ...] = ()  # --device: host device nodes a private /dev also gets
+    device_access: tuple[tuple[str, str], ...] = ()  # (path, access) of those narrower than rwm
     pty: bool | None = None  # --pty / --no-pty; None: a pty when one of fds 0-2 is a terminal
     keep_fds: tuple[int, ...] = ()  # --keep-fd: descriptors of the caller the job receives
     seccomp: Profile | None = None  # the job's syscall filter; None: --seccomp none

@@ -66,7 +66,10 @@ MAJORS_MINORS = [(1, 3), (1, 5), (8, 0), (8, 1), (136, 0), (136, 77), (10, 229),
 ACCESSES = ["r", "w", "m", "rw", "rwm", "rm"]
 
 
-@pytest.mark.parametrize("rules", [RULES, (), allow_list(((False, 1, 3), (True, 8, 0))), (Rule("c", 4, None),)])
+PRIVATE_DEV = allow_list(((False, 1, 3, "rwm"), (True, 8, 0, "r")))
+
+
+@pytest.mark.parametrize("rules", [RULES, (), PRIVATE_DEV, (Rule("c", 4, None),)])
 def test_the_program_allows_exactly_the_rules(rules: tuple[Rule, ...]) -> None:
     code = bpf.program(rules)
     for kind, (major, minor), access in itertools.product("bc", MAJORS_MINORS, ACCESSES):
@@ -81,7 +84,7 @@ def test_nothing_allowed_is_a_two_instruction_deny_after_the_loads() -> None:
 
 
 def test_the_private_dev_allows_its_nodes_and_not_the_hosts_disk() -> None:
-    code = bpf.program(allow_list(((False, 1, 3), (False, 1, 5))))
+    code = bpf.program(allow_list(((False, 1, 3, "rwm"), (False, 1, 5, "rwm"))))
     assert run(code, "c", 1, 3, "rw") == 1  # /dev/null
     assert run(code, "c", 136, 4, "rw") == 1  # a pts of its own
     assert run(code, "c", 5, 2, "rw") == 1  # its ptmx
