@@ -51,6 +51,13 @@ def _dev(text: str) -> str:
     return dev_mode(text)
 
 
+def _device_list(text: str) -> tuple[tuple[str, str], ...]:
+    """PATH[:ACCESS] entries, comma-separated (the file's list is joined so)."""
+    from .devices import parse_device
+
+    return tuple(parse_device(item.strip()) for item in text.split(",") if item.strip())
+
+
 def _bool(text: str) -> bool:
     low = text.strip().lower()
     if low in ("1", "true", "yes", "on"):
@@ -73,10 +80,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("from_slurm", _bool, "take --mem/--cpus from the Slurm allocation", "--from-slurm"),
     Setting("dev", _dev, "default --dev (host or private)", "--dev"),
     Setting("seccomp", str, "default --seccomp (default, none or a profile's path)", "--seccomp"),
+    Setting("devices", _device_list, "devices a private /dev always gets, beside --device ones"),
     Setting("accounting_log", _path, "accounting log (JSON lines); empty: none"),
     Setting("state_dir", _path, "directory of the running sandboxes' state files"),
 )
 BY_KEY = {s.key: s for s in SETTINGS}
+LIST_SETTINGS = ("devices",)  # a TOML list in the file, comma-separated in SANDBOX_DEVICES
 
 
 def config_path() -> str:
@@ -88,8 +97,8 @@ def _builtin_default(key: str) -> Any:
         return 10.0
     if key == "from_slurm":
         return False
-    if key in ("dev", "seccomp"):
-        return {"dev": "host", "seccomp": "default"}[key]
+    if key in ("dev", "seccomp", "devices"):
+        return {"dev": "host", "seccomp": "default", "devices": ()}[key]
     from .privilege import current  # state_dir, accounting_log: where depends on the mode
 
     return current().builtin_default(key)
@@ -131,7 +140,11 @@ def load_file(path: str | None = None) -> dict[str, Any]:
         setting = BY_KEY.get(key)
         if setting is None:
             raise errors.SandboxError(f"{path}: unknown setting {key!r} (known: {', '.join(BY_KEY)}, labels)")
-        if isinstance(value, bool):
+        if key in LIST_SETTINGS and isinstance(value, list):
+            if not all(isinstance(v, str) and "," not in v for v in value):
+                raise errors.SandboxError(f"{path}: {key}: expected a list of strings (without commas)")
+            text = ",".join(value)
+        elif isinstance(value, bool):
             text = "true" if value else "false"
         elif isinstance(value, (int, float, str)):
             text = str(value)
@@ -273,6 +286,7 @@ def apply(opts: dict[str, Any]) -> dict[str, Any]:
         if s.option is not None and s.key in out:
             out[s.key] = eff[s.key].value
     out["accounting_log"] = eff["accounting_log"].value or None
+    out["site_devices"] = eff["devices"].value
     out["labels"] = tuple(eff["labels"].value.items())
     return out
 
@@ -290,6 +304,8 @@ def describe(eff: Mapping[str, Value]) -> list[tuple[str, str, str]]:
             text = "-"
         elif key in ("mem", "swap", "tmp_size") and isinstance(value, int):
             text = f"{format_bytes(value)} ({value})"
+        elif key == "devices":
+            text = ", ".join(f"{p}:{a}" for p, a in value) or "-"
         else:
             text = str(value)
         rows.append((key, text, source))

@@ -86,7 +86,7 @@ def build_spec(command: tuple[str, ...], opts: dict[str, Any]) -> JobSpec:
         accounting_log=opts.get("accounting_log"),
         best_effort=opts.get("limits") == "best-effort",
         dev=opts.get("dev") or "host",
-        **_devices(opts.get("dev") or "host", tuple(opts.get("devices") or ())),
+        **_devices(opts.get("dev") or "host", tuple(opts.get("devices") or ()), tuple(opts.get("site_devices") or ())),
         pty=_pty(bool(opts.get("pty")), bool(opts.get("no_pty"))),
         keep_fds=tuple(dict.fromkeys(opts.get("keep_fds") or ())),
         seccomp=_seccomp(opts.get("seccomp") or "default", opts.get("user") is not None),
@@ -100,8 +100,10 @@ def _pty(pty: bool, no_pty: bool) -> bool | None:
     return True if pty else (False if no_pty else None)
 
 
-def _devices(dev: str, devices: tuple[tuple[str, str], ...]) -> dict[str, Any]:
-    """The spec's devices (paths) and device_access (those narrower than rwm)."""
+def _devices(dev: str, devices: tuple[tuple[str, str], ...], site: tuple[tuple[str, str], ...] = ()) -> dict[str, Any]:
+    """The spec's devices (paths) and device_access (those narrower than rwm). The
+    site's always-allowed devices (sandbox.toml `devices`) join a private /dev where this
+    node has them: one list serves nodes with and without, say, a GPU."""
     if devices and dev != "private":
         raise errors.SandboxError("--device needs --dev private (with the host's /dev, every device is there)")
     if dev != "private":
@@ -109,7 +111,9 @@ def _devices(dev: str, devices: tuple[tuple[str, str], ...]) -> dict[str, Any]:
     from .devices import ACCESS, merge
 
     basic = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty")
-    given = merge((*((p, ACCESS) for p in basic), *devices, *((p, ACCESS) for p in _assigned_gpus(os.environ))))
+    present = tuple((p, a) for p, a in site if os.path.lexists(p))
+    given = merge((*((p, ACCESS) for p in basic), *present, *devices,
+                   *((p, ACCESS) for p in _assigned_gpus(os.environ))))
     return {"devices": tuple(given), "device_access": tuple((p, a) for p, a in given.items() if a != ACCESS)}
 
 

@@ -179,3 +179,12 @@ def test_an_enclosing_device_program_still_applies_and_is_never_overridden(v2_pa
         assert sorted(p.name for p in other.iterdir()) == before  # no half-made sandbox
     finally:
         os.rmdir(other)
+
+
+def test_a_sites_default_private_dev_and_its_always_allowed_device(tmp_path: Path) -> None:
+    site = tmp_path / "sandbox.toml"
+    site.write_text('dev = "private"\ndevices = ["/dev/kmsg:r", "/dev/no-such-node"]\n')
+    env = {**os.environ, "SANDBOX_CONFIG": str(site)}
+    r = run_sandbox("--", sys.executable, "-c", RIGHTS, env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["read", "ok", "write", "1", "mknod", "1"], r.stdout

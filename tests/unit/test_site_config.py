@@ -119,3 +119,38 @@ def test_a_site_makes_private_dev_and_its_filter_the_default(site, monkeypatch):
     site.write_text('dev = "maybe"\n')
     with pytest.raises(errors.SandboxError, match="host or private"):
         config.load_file()
+
+
+def test_a_site_lists_always_allowed_devices(site, monkeypatch):
+    from sandbox.launch import build_spec
+
+    assert config.effective(opts())["devices"] == config.Value((), "default")
+    site.write_text('dev = "private"\ndevices = ["/dev/null:r", "/dev/nvidia9:rw", "/dev/fuse:rw"]\n')
+    eff = config.effective(opts())
+    assert eff["devices"] == config.Value((("/dev/null", "r"), ("/dev/nvidia9", "rw"), ("/dev/fuse", "rw")),
+                                          f"file:{site}")
+    assert ("devices", "/dev/null:r, /dev/nvidia9:rw, /dev/fuse:rw", f"file:{site}") in config.describe(eff)
+    monkeypatch.setattr("os.path.lexists", lambda p: p != "/dev/nvidia9")  # this node has no such GPU
+    spec = build_spec(("true",), config.apply(opts("--device", "/dev/zero:r")))
+    assert spec.dev == "private"
+    # the basic nodes stay rwm (a node named twice gets both rights); an absent one is left out
+    assert spec.devices == ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty",
+                            "/dev/fuse")
+    assert spec.device_access == (("/dev/fuse", "rw"),)
+    assert build_spec(("true",), config.apply(opts("--dev", "host"))).devices == ()  # host /dev: no list needed
+
+
+def test_site_devices_from_the_environment_and_bad_ones(site, monkeypatch):
+    monkeypatch.setenv("SANDBOX_DEVICES", "/dev/fuse:rw, /dev/kvm")
+    assert config.effective(opts())["devices"] == config.Value((("/dev/fuse", "rw"), ("/dev/kvm", "rwm")),
+                                                               "env:SANDBOX_DEVICES")
+    monkeypatch.setenv("SANDBOX_DEVICES", "/dev/fuse:rx")
+    with pytest.raises(errors.SandboxError, match=r"SANDBOX_DEVICES: .*letters of r"):
+        config.effective(opts())
+    monkeypatch.delenv("SANDBOX_DEVICES")
+    for text, says in (('devices = ["/etc/passwd"]\n', r"devices: .*/dev/PATH"),
+                       ('devices = [1]\n', "expected a list of strings"),
+                       ('devices = ["/dev/a,/dev/b"]\n', "without commas")):
+        site.write_text(text)
+        with pytest.raises(errors.SandboxError, match=says):
+            config.load_file()
