@@ -204,8 +204,10 @@ def _private_dev(fs: Prepared) -> list[SetupOp]:
             made.add(p)
         ops.append(SetupOp(FILE, d.path))
         ops.append(SetupOp(BIND_DETACHED, d.path, src=d.path, src_fd=d.fd, attrs=_DEV_ATTRS, why="--device"))
+    # No gid= (as bubblewrap): in a user namespace the host's tty group is not mapped and
+    # the kernel refuses the mount (EINVAL); a pty then belongs to the job's own group.
     ops.append(SetupOp(MOUNT, "/dev/pts", src="devpts", fstype="devpts", flags=sc.MS_NOSUID | sc.MS_NOEXEC,
-                       data="newinstance,ptmxmode=0666,mode=620,gid=5", why="terminals of its own"))
+                       data="newinstance,ptmxmode=0666,mode=620", why="terminals of its own"))
     links = (("pts/ptmx", "/dev/ptmx"), ("/proc/self/fd", "/dev/fd"), ("/proc/self/fd/0", "/dev/stdin"),
              ("/proc/self/fd/1", "/dev/stdout"), ("/proc/self/fd/2", "/dev/stderr"))
     ops.extend(SetupOp(SYMLINK, dst, src=src) for src, dst in links)

@@ -88,6 +88,17 @@ def test_mode_is_pidns_and_the_job_runs_as_the_user(user: str) -> None:
     assert data["cpu_user_seconds"] is not None and data["cpu_system_seconds"] is not None
 
 
+def test_a_private_dev_with_terminals_of_its_own(user: str) -> None:
+    """--dev private in a user namespace: its devpts instance mounts (the host's tty group
+    is not mapped there, so no gid= option), and a pty opened there is the job's own."""
+    r = run_as_user("--dev", "private", "--", "/usr/bin/python3", "-c",
+                    "import os; m, s = os.openpty(); print(os.ttyname(s)); print(sorted(os.listdir('/dev')))")
+    assert r.returncode == 0, r.stderr
+    tty, listing = r.stdout.splitlines()
+    assert tty.startswith("/dev/pts/")
+    assert {"null", "zero", "full", "random", "urandom", "tty", "ptmx", "pts", "shm"} <= set(eval(listing))
+
+
 @pytest.mark.parametrize("limit", [("--mem", "64M"), ("--pids", "10"), ("--cpus", "1")])
 def test_limit_refused_with_reason_and_fix(user: str, limit: tuple[str, str]) -> None:
     marker = HOME / "ran"
