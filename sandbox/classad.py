@@ -50,6 +50,8 @@ MAPPING: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
     ("memory_peak_bytes", "MemoryUsage", _mib_ceil),  # MiB, rounded up, as HTCondor's MemoryUsage
     ("memory_peak_bytes", "ResidentSetSize", _kib_ceil),  # KiB
     ("memory_limit_bytes", "MemoryProvisioned", _mib_ceil),  # MiB
+    # CPUs' worth of time per period, a real (1.5): not HTCondor's CpusProvisioned, a count
+    ("cpu_limit_cpus", "SandboxCpuLimit", float),
     ("io_read_bytes", "BlockReadKbytes", _kib_ceil),
     ("io_write_bytes", "BlockWriteKbytes", _kib_ceil),
     ("started_at", "JobCurrentStartExecutingDate", _int),

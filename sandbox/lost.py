@@ -43,6 +43,7 @@ def lost_report(st: State, usage: Usage | None, now: float | None = None) -> dic
         job_host_pid=st.job_host_pid,
         job_ns_pid=st.job_ns_pid,
         memory_limit_bytes=st.memory_limit_bytes,
+        cpu_limit_cpus=st.cpu_limit_cpus,
         error="the launcher died before the job ended; usage is what its cgroup held when it was reclaimed",
     )
     if usage is not None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from . import errors, records, report
 
@@ -53,12 +53,28 @@ def decide(
     return Outcome(report.STATUS_FAILED, None, None, errors.EXIT_SANDBOX_FAILED)
 
 
-def effective_limit(requested: int | None, enclosing: int | None) -> int | None:
-    """The memory the job could have: its own limit, or a tighter one it runs inside
-    (a 2G sandbox in a 500M Slurm step is killed at 500M)."""
+N = TypeVar("N", int, float)
+
+
+def effective_limit(requested: N | None, enclosing: N | None) -> N | None:
+    """The memory (or CPU) the job could have: its own limit, or a tighter one it runs
+    inside (a 2G sandbox in a 500M Slurm step is killed at 500M; --cpus 4 under a
+    parent's quota of 1.5 CPUs gets 1.5)."""
     if requested is None or enclosing is None:
         return requested if enclosing is None else enclosing
     return min(requested, enclosing)
+
+
+def limits_in_force(
+    spec: JobSpec, cg: JobCgroup | None, enclosing_memory: int | None, enclosing_cpus: float | None
+) -> tuple[int | None, float | None]:
+    """(memory_limit_bytes, cpu_limit_cpus): the tightest of the job's own limits and
+    those of the cgroups it runs in; an own limit left unenforced (--limits best-effort)
+    is not one."""
+    unenforced = getattr(cg, "not_enforced", ())
+    memory = None if "--mem" in unenforced else spec.limits.memory_bytes
+    cpus = None if "--cpus" in unenforced else spec.limits.cpus
+    return effective_limit(memory, enclosing_memory), effective_limit(cpus, enclosing_cpus)
 
 
 def process_exit(record: records.Report) -> int:
@@ -82,6 +98,7 @@ def build_report(
     """The report: how the job ended (decide) and what it used (the usage record)."""
     end = decide(facts.main_status, init_status, facts.exec_error, facts.timed_out, usage.oom_kills)
     cg = launch.cg
+    memory_limit, cpu_limit = limits_in_force(spec, cg, launch.enclosing_memory, launch.enclosing_cpus)
     return records.Report(
         version=records.REPORT_VERSION,
         name=spec.name,
@@ -95,9 +112,8 @@ def build_report(
         cpu_user_seconds=None,
         cpu_system_seconds=None,
         memory_peak_bytes=None,
-        memory_limit_bytes=effective_limit(
-            None if "--mem" in getattr(cg, "not_enforced", ()) else spec.limits.memory_bytes, launch.enclosing_memory
-        ),
+        memory_limit_bytes=memory_limit,
+        cpu_limit_cpus=cpu_limit,
         oom_kills=None,
         io_read_bytes=None,
         io_write_bytes=None,
@@ -132,3 +148,4 @@ class LaunchFacts(NamedTuple):
     wall_seconds: float | None
     cleanup_error: str | None
     enclosing_memory: int | None = None  # the tightest limit of the cgroups ours is in
+    enclosing_cpus: float | None = None  # and their tightest CPU quota, in CPUs

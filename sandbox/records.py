@@ -132,6 +132,7 @@ class Report(NamedTuple):
     cpu_system_seconds: float | None
     memory_peak_bytes: int | None
     memory_limit_bytes: int | None
+    cpu_limit_cpus: float | None  # the CPU quota in force, in CPUs (--cpus or an enclosing cgroup's)
     oom_kills: int | None
     io_read_bytes: int | None
     io_write_bytes: int | None
@@ -296,6 +297,7 @@ class State(NamedTuple):
     report_format: str | None = None
     accounting_log: str | None = None
     memory_limit_bytes: int | None = None
+    cpu_limit_cpus: float | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], name: str | None = None) -> "State":

@@ -110,6 +110,7 @@ def summary(report: dict[str, Any]) -> str:
         f"  wall time:        {_seconds(report['wall_seconds'])}",
         f"  cpu user/system:  {_seconds(report['cpu_user_seconds'])} / "
         f"{_seconds(report['cpu_system_seconds'])} (total {_seconds(cpu_total)})",
+        f"  cpu limit:        {_cpus(report.get('cpu_limit_cpus'))}",
         f"  memory peak:      {format_bytes(report['memory_peak_bytes'])}"
         f" (limit {format_bytes(report['memory_limit_bytes']) if report['memory_limit_bytes'] else 'none'})",
         f"  oom kills:        {report['oom_kills'] if report['oom_kills'] is not None else 'n/a'}",
@@ -121,3 +122,7 @@ def summary(report: dict[str, Any]) -> str:
         f"  exit code:        {report['returncode']}",
     ]
     return "\n".join(lines)
+
+
+def _cpus(value: float | None) -> str:
+    return "none" if value is None else f"{value:g} CPUs"

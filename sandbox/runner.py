@@ -42,6 +42,7 @@ class Launch:
         self.cleaned = False  # the cgroup is gone: our state may go too
         self.parent_pid = os.getppid()  # for --die-with-parent
         self.identity: dict[str, int | None] = {}  # the launcher's PID and start time, for people
+        self.enclosing: tuple[int | None, float | None] | None = None  # memory, CPUs: read once
 
     # -- the checklist -------------------------------------------------------------
 
@@ -168,6 +169,7 @@ class Launch:
             report_format=spec.report_format,
             accounting_log=os.path.abspath(spec.accounting_log) if spec.accounting_log else None,
             memory_limit_bytes=spec.limits.memory_bytes,
+            cpu_limit_cpus=spec.limits.cpus,
         )
 
     def _update_state(self) -> None:
@@ -199,6 +201,9 @@ class Launch:
             "job_ns_pid": facts.job_ns_pid,
             "started_at": self.started_at,
         }
+        if self.spec.report_fd is not None:  # read only for a reader of the event
+            event["memory_limit_bytes"], event["cpu_limit_cpus"] = outcome.limits_in_force(
+                self.spec, self.cg, *self._enclosing())
         self._update_state()  # before the event: who acts on 'started' finds the PIDs there
         sinks.started(self.spec, event)
         if self.verbose:
@@ -238,16 +243,32 @@ class Launch:
         self.cleaned = cleaned
         return usage
 
-    def _finish(self, init_status: int | None, usage: Usage) -> int:
-        # read at the end, off the launch path: the enclosing cgroups outlive ours
-        enclosing = self.cg.enclosing_memory_limit() if self.cg is not None else None
-        launch = outcome.LaunchFacts(self.cg, self.init_forked, self.started_at, self.wall_seconds, self.cleanup_error,
-                                     enclosing)
-        record = outcome.build_report(self.spec, self.facts, init_status, usage, launch)
-        requested = self.spec.limits.memory_bytes
-        if self.verbose and requested is not None and enclosing is not None and enclosing < requested:
-            sinks.say(f"--mem {format_bytes(requested)} is above the {format_bytes(enclosing)} limit of the "
+    def _enclosing(self) -> tuple[int | None, float | None]:
+        """The memory limit and CPU quota of the cgroups ours is in, read once, at the
+        start only for a reader of the started event, else at the end, off the launch
+        path (the enclosing cgroups outlive ours)."""
+        if self.enclosing is None:
+            cg = self.cg
+            self.enclosing = (cg.enclosing_memory_limit(), cg.enclosing_cpu_limit()) if cg is not None else (None, None)
+        return self.enclosing
+
+    def _say_above(self, memory: int | None, cpus: float | None) -> None:
+        """-v: a limit asked for above the enclosing one is not the job's."""
+        asked_mem, asked_cpus = self.spec.limits.memory_bytes, self.spec.limits.cpus
+        if asked_mem is not None and memory is not None and memory < asked_mem:
+            sinks.say(f"--mem {format_bytes(asked_mem)} is above the {format_bytes(memory)} limit of the "
                       "enclosing cgroup: the job had the enclosing limit")
+        if asked_cpus is not None and cpus is not None and cpus < asked_cpus:
+            sinks.say(f"--cpus {asked_cpus:g} is above the CPU quota of the enclosing cgroup, {cpus:g} CPUs: "
+                      "the job had the enclosing quota")
+
+    def _finish(self, init_status: int | None, usage: Usage) -> int:
+        memory, cpus = self._enclosing()
+        launch = outcome.LaunchFacts(self.cg, self.init_forked, self.started_at, self.wall_seconds, self.cleanup_error,
+                                     memory, cpus)
+        record = outcome.build_report(self.spec, self.facts, init_status, usage, launch)
+        if self.verbose:
+            self._say_above(memory, cpus)
         if self.facts.parent_died:
             record = record._replace(extra={**record.extra, "parent_died": True})
         if sinks.finished(self.spec, record, self.verbose, self._release) != record.returncode:

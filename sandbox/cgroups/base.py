@@ -88,6 +88,30 @@ def smallest_limit(texts: list[str | None]) -> int | None:
     return min(limits) if limits else None
 
 
+def parse_cpu_max(text: str | None) -> float | None:
+    """One v2 cgroup's CPU quota in CPUs, from cpu.max ('QUOTA PERIOD'; 'max PERIOD' is none)."""
+    quota, _, period = (text or "").strip().partition(" ")
+    return _cpus(quota, period or "100000")
+
+
+def parse_cfs_quota(quota: str | None, period: str | None) -> float | None:
+    """One v1 cgroup's CPU quota in CPUs, from cpu.cfs_quota_us (-1 is none) and cpu.cfs_period_us."""
+    return _cpus((quota or "").strip(), (period or "").strip())
+
+
+def _cpus(quota: str, period: str) -> float | None:
+    if not quota.isdigit() or not period.isdigit() or int(period) == 0 or int(quota) == 0:
+        return None
+    return int(quota) / int(period)
+
+
+def smallest_cpus(quotas: list[float | None]) -> float | None:
+    """The CPU quota in force along a chain of cgroups: the smallest, None if none is set
+    (a child's quota above its parent's is allowed, and the parent's still bounds it)."""
+    values = [q for q in quotas if q is not None]
+    return min(values) if values else None
+
+
 def chain_files(directory: str, filename: str) -> list[str | None]:
     """`filename` read in `directory` and in each ancestor up to the hierarchy's root (the
     last directory that is a cgroup, i.e. has a cgroup.procs)."""
@@ -202,6 +226,11 @@ class JobCgroup(ABC):
     def enclosing_memory_limit(self) -> int | None:
         """The tightest memory limit of the cgroups this one is created in (a batch
         system's step, a systemd slice): what the job gets at most, whatever --mem says."""
+        return None
+
+    def enclosing_cpu_limit(self) -> float | None:
+        """The tightest CPU quota (in CPUs) of the cgroups this one is created in: the job
+        gets no more CPU time per period than that, whatever --cpus says."""
         return None
 
     @abstractmethod

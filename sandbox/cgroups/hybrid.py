@@ -39,6 +39,9 @@ class HybridCgroup(JobCgroup):
     def enclosing_memory_limit(self) -> int | None:
         return self.v1.enclosing_memory_limit()  # the memory controller is v1's here
 
+    def enclosing_cpu_limit(self) -> float | None:
+        return self.v1.enclosing_cpu_limit()  # so is the cpu controller (the unified mount has none)
+
     def primary_path(self) -> str:
         return self.v1.dirs.get("memory", self.v2.dir)
 

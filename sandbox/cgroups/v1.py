@@ -22,11 +22,13 @@ from .base import (
     chain_files,
     kill_pids,
     make_dir,
+    parse_cfs_quota,
     procs_in_tree,
     read_int,
     read_keyed,
     read_text,
     remove_tree,
+    smallest_cpus,
     smallest_limit,
     wait_procs_empty,
     write_file,
@@ -118,6 +120,14 @@ class V1Part:
             return None
         return smallest_limit(chain_files(self.memory_parent, "memory.limit_in_bytes"))
 
+    def enclosing_cpu_limit(self) -> float | None:
+        if "cpu" not in self.dirs:
+            return None
+        parent = os.path.dirname(self.dirs["cpu"])
+        quotas = chain_files(parent, "cpu.cfs_quota_us")
+        periods = chain_files(parent, "cpu.cfs_period_us")
+        return smallest_cpus([parse_cfs_quota(q, p) for q, p in zip(quotas, periods, strict=False)])
+
     def unique_dirs(self) -> list[str]:
         return list(dict.fromkeys(self.dirs.values()))
 
@@ -160,6 +170,11 @@ class V1Part:
             if limits.devices is not None and "devices" in self.dirs:
                 self._allow_only(limits.devices)
             quota = limits.cpu_quota_us()
+            enclosing = self.enclosing_cpu_limit() if quota is not None else None
+            # v1 refuses a child's quota above an ancestor's (EINVAL), where v2 takes it:
+            # the ancestor's quota bounds the job all the same, so ours is left unset.
+            if enclosing is not None and limits.cpus is not None and limits.cpus >= enclosing:
+                quota = None
             if quota is not None and "cpu" in self.dirs:
                 cpu = CpuController(_node(self.dirs["cpu"]))
                 cpu.cfs_period_us = CPU_PERIOD_US
@@ -282,6 +297,9 @@ class V1Cgroup(JobCgroup):
 
     def enclosing_memory_limit(self) -> int | None:
         return self.part.enclosing_memory_limit()
+
+    def enclosing_cpu_limit(self) -> float | None:
+        return self.part.enclosing_cpu_limit()
 
     def primary_path(self) -> str:
         return self.part.dirs.get("memory") or next(iter(self.part.dirs.values()))

@@ -20,11 +20,13 @@ from .base import (
     chain_files,
     kill_pids,
     make_dir,
+    parse_cpu_max,
     procs_in_tree,
     read_int,
     read_keyed,
     read_text,
     remove_tree,
+    smallest_cpus,
     smallest_limit,
     wait_events_unpopulated,
     write_file,
@@ -287,6 +289,9 @@ class V2Cgroup(JobCgroup):
 
     def enclosing_memory_limit(self) -> int | None:
         return smallest_limit(chain_files(self.part.parent_dir, "memory.max"))
+
+    def enclosing_cpu_limit(self) -> float | None:
+        return smallest_cpus([parse_cpu_max(t) for t in chain_files(self.part.parent_dir, "cpu.max")])
 
     def primary_path(self) -> str:
         return self.part.dir

@@ -3,6 +3,7 @@ limits hold, and the figures count every process."""
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import signal
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LAYOUT, needs_root, run_sandbox
+from tests.conftest import LAYOUT, SANDBOX_RUN, needs_root, run_sandbox
 from tests.integration.test_core import Running, host_processes_with, one_error_line, run_report, wait_until
 
 pytestmark = [needs_root, pytest.mark.cgroup]
@@ -144,6 +145,92 @@ def test_cpu_quota(tmp_path: Path) -> None:
     assert r["status"] == "timed_out" and p.returncode == 124
     ratio = (r["cpu_user_seconds"] + r["cpu_system_seconds"]) / r["wall_seconds"]
     assert 0.15 <= ratio <= 0.75, ratio
+
+
+# --- the CPU quota of the enclosing cgroups --------------------------------------------
+# A batch slot with a CPU quota, made the way a batch system makes one: an outer cgroup
+# with 0.5 CPUs (100 ms per 200 ms period) and an inner one without a quota of its own, in
+# our own cgroup of the cpu controller's hierarchy (the v1 cpu mount on v1 and hybrid, the
+# unified one on v2). The launcher is moved into the inner one before it runs, as a Slurm
+# task is; its other hierarchies stay where they are.
+
+
+@pytest.fixture
+def quota_slot() -> Iterator[Path]:
+    v2 = LAYOUT.kind == "v2"
+    h = LAYOUT.unified if v2 else LAYOUT.v1.get("cpu")
+    assert h is not None, "no cpu controller"
+    own = Path(h.directory(h.own_path))
+    if v2:  # what an admin or systemd does for a delegated subtree
+        wanted = {"memory", "pids", "cpu", "io"} & set((own / "cgroup.controllers").read_text().split())
+        (own / "cgroup.subtree_control").write_text(" ".join("+" + c for c in sorted(wanted)))
+    outer = own / f"sbtest-cpu-{os.getpid()}"
+    inner = outer / "slot"
+    outer.mkdir()
+    try:
+        if v2:
+            wanted = {"memory", "pids", "cpu", "io"} & set((outer / "cgroup.controllers").read_text().split())
+            (outer / "cgroup.subtree_control").write_text(" ".join("+" + c for c in sorted(wanted)))
+            (outer / "cpu.max").write_text("100000 200000")
+        else:
+            (outer / "cpu.cfs_period_us").write_text("200000")
+            (outer / "cpu.cfs_quota_us").write_text("100000")
+        inner.mkdir()
+        yield inner
+    finally:
+        for d in [*sorted((p for p in outer.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)), outer]:
+            for pid in (d / "cgroup.procs").read_text().split() if (d / "cgroup.procs").exists() else ():
+                (own / "cgroup.procs").write_text(pid)  # back where it came from
+            d.rmdir()
+
+
+def _in(slot: Path) -> tuple[str, ...]:
+    """A prefix that runs the command in `slot` (its cgroup.procs), then execs it."""
+    return ("sh", "-c", 'echo $$ > "$0" && exec "$@"', str(slot / "cgroup.procs"))
+
+
+def test_the_enclosing_cpu_quota_is_the_limit_in_force(tmp_path: Path, quota_slot: Path) -> None:
+    report = tmp_path / "r.json"
+    running = Running("--", "true", prefix=_in(quota_slot), report=report)
+    try:
+        assert running.started["cpu_limit_cpus"] == 0.5, running.started  # the outer's, two levels up
+        assert running.started["cgroup_paths"]["unified" if LAYOUT.kind == "v2" else "cpu"].startswith(
+            str(quota_slot) + "/"), running.started
+        exited = running.exited()
+    finally:
+        running.close()
+    assert exited["status"] == "exited" and exited["cpu_limit_cpus"] == 0.5, exited
+    assert json.loads(report.read_text())["cpu_limit_cpus"] == 0.5
+
+
+def test_cpus_above_the_enclosing_quota_runs_and_says_so(tmp_path: Path, quota_slot: Path) -> None:
+    """--cpus 2 in the 0.5-CPU slot: the job runs (v1 refuses a child quota above its
+    parent's, so none of ours is set there), the report says 0.5, and -v says why; a
+    busy loop gets no more than about half a CPU."""
+    report = tmp_path / "r.json"
+    loop = "while :; do :; done"
+    p = subprocess.run([*_in(quota_slot), SANDBOX_RUN, "-v", "--cpus", "2", "--report", str(report), "--timeout", "2",
+                        "--kill-grace", "1", "--", "sh", "-c", f"sh -c '{loop}' & sh -c '{loop}' & wait"],
+                       capture_output=True, text=True, timeout=60, check=False)
+    r = json.loads(report.read_text())
+    assert p.returncode == 124 and r["status"] == "timed_out", (p.stderr, r)
+    assert r["cpu_limit_cpus"] == 0.5
+    assert "--cpus 2 is above the CPU quota of the enclosing cgroup, 0.5 CPUs" in p.stderr, p.stderr
+    ratio = (r["cpu_user_seconds"] + r["cpu_system_seconds"]) / r["wall_seconds"]
+    assert ratio <= 0.75, ratio
+    # below the slot's quota, the sandbox's own is the one in force
+    r2 = tmp_path / "r2.json"
+    p = subprocess.run([*_in(quota_slot), SANDBOX_RUN, "-v", "--cpus", "0.25", "--report", str(r2), "--", "true"],
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert p.returncode == 0 and json.loads(r2.read_text())["cpu_limit_cpus"] == 0.25, p.stderr
+    assert "above the CPU quota" not in p.stderr
+
+
+def test_no_quota_anywhere_is_null(tmp_path: Path) -> None:
+    _, r = run_report(tmp_path, "--", "true")
+    assert r["cpu_limit_cpus"] is None
+    _, r = run_report(tmp_path, "--cpus", "1.5", "--", "true")
+    assert r["cpu_limit_cpus"] == 1.5
 
 
 def test_swap_needs_mem() -> None:

@@ -66,8 +66,10 @@ def test_parse_since_refuses():
 
 def test_classad_mapping():
     r = rec("x", "cms", user=1.25, system=0.5, peak=3 * 2**20 + 1)
-    r.update(status="signaled", signal=9, exit_code=None, memory_limit_bytes=2**30, error='say "hi"\\')
+    r.update(status="signaled", signal=9, exit_code=None, memory_limit_bytes=2**30, error='say "hi"\\',
+             cpu_limit_cpus=2)
     ad = classad.parse(classad.format_report(r))
+    assert ad["SandboxCpuLimit"] == 2.0 and isinstance(ad["SandboxCpuLimit"], float)
     assert ad["RemoteUserCpu"] == 1.25 and ad["RemoteSysCpu"] == 0.5
     assert ad["MemoryUsage"] == 4  # MiB, rounded up
     assert ad["ResidentSetSize"] == 3 * 1024 + 1

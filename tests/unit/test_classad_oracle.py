@@ -102,7 +102,8 @@ LABEL_KEY = st.from_regex(r"[A-Za-z_][A-Za-z0-9_.-]{0,10}", fullmatch=True)
 @given(st.dictionaries(LABEL_KEY, TEXT, max_size=6), st.one_of(st.none(), VALUES), st.one_of(st.none(), TEXT))
 def test_a_whole_report_reads_in_htcondor_as_its_attributes(labels, error, name):
     report = {"exit_code": 0, "status": "exited", "cpu_user_seconds": 1.5, "cpu_system_seconds": 0.25,
-              "memory_peak_bytes": 5 * 2**20 + 1, "error": error, "name": name, "labels": labels}
+              "memory_peak_bytes": 5 * 2**20 + 1, "cpu_limit_cpus": 1 / 3, "error": error, "name": name,
+              "labels": labels}
     try:
         expected = classad.attributes(report)
     except ValueError as e:

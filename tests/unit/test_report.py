@@ -128,6 +128,7 @@ def test_summary_figures() -> None:
     text = summary(full_report())
     assert "1.500 s" in text
     assert "0.250 s / 0.125 s (total 0.375 s)" in text
+    assert "cpu limit:        none" in text and "cpu limit:        1.5 CPUs" in summary(full_report(cpu_limit_cpus=1.5))
     assert "100.0 MiB" in text and "limit 1.0 GiB" in text
     assert "init 100, job 101 (pid 2 inside)" in text
     assert "(hybrid)" in text
