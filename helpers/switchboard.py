@@ -796,6 +796,18 @@ def _enable_v2_controllers(job: Job) -> set[str]:
     return set()
 
 
+def shares_memory(nested: Collection[str], asked: int | float | None, enclosing: dict[str, int],
+                  effective: int | float | None) -> bool:
+    """Does the sandbox stay in the caller's own v1 memory cgroup instead of making a child
+    there? When the caller is nested (a Slurm task) and nothing tighter than what encloses
+    it was asked for or configured: v1 counts an OOM kill only in the victim's own memory
+    cgroup and a batch system reads its own (slurmstepd: OUT_OF_MEMORY in sacct), so a
+    child with the same limit would hide the kill from it. The launcher's v1 backend does
+    the same as root. Only the v1 hierarchy's key is "memory" (v2's is "unified")."""
+    bound = enclosing.get("memory")
+    return "memory" in nested and asked is None and bound is not None and effective == bound
+
+
 def effective_limits(
     cfg: dict[str, object], asked: dict[str, int | float | None], enclosing: dict[str, int] | None = None
 ) -> dict[str, int | float | None]:
@@ -1064,7 +1076,10 @@ def _create(cfg: dict[str, object], caller: Caller, req: dict[str, object], chec
         live = check_cap(cfg, caller, job)
         # The parent first: on v2 the controllers are enabled down to and in it.
         job.open_parents(create=True)
-        limits = effective_limits(cfg, req["limits"], job.enclosing())  # type: ignore[arg-type]
+        enclosing = job.enclosing()
+        limits = effective_limits(cfg, req["limits"], enclosing)  # type: ignore[arg-type]
+        asked = req["limits"]["memory"]  # type: ignore[index]
+        shared = {"memory"} if shares_memory(job.nested, asked, enclosing, limits["memory"]) else set()
         check_sums(cfg, caller, live, limits)
         mark = mark_text(caller.uid, limits)
         v2_enabled = _enable_v2_controllers(job) if job.kind == "v2" else set()
@@ -1074,6 +1089,8 @@ def _create(cfg: dict[str, object], caller: Caller, req: dict[str, object], chec
                 raise Refusal(f"the {ctrl} controller is not available in the v2 parent")
         for key, pfd in job.parent_fds.items():
             first = job.comounted_with(key)
+            if key in shared or first in shared:
+                continue  # the job stays in the caller's own cgroup there
             if first is not None:  # e.g. cpu,cpuacct mounted together: one directory
                 job.fds[key] = os.dup(job.fds[first])
                 continue
@@ -1103,8 +1120,9 @@ def _create(cfg: dict[str, object], caller: Caller, req: dict[str, object], chec
             raise Refusal(f"cannot create the cgroup: {e.strerror}") from None
         raise
     paths = {key: job.path(key) for key in job.fds}
+    stays = {key: os.path.join(*job.parents[key][:2]).rstrip("/") for key in shared}
     job.close()
-    return {"paths": paths, "limits": limits, "layout": job.kind, "execute_dir": checked}
+    return {"paths": paths, "shared": stays, "limits": limits, "layout": job.kind, "execute_dir": checked}
 
 
 def _pidfd_alive(pidfd: int) -> bool:

@@ -228,6 +228,11 @@ class JobCgroup(ABC):
         system's step, a systemd slice): what the job gets at most, whatever --mem says."""
         return None
 
+    def share_memory(self) -> None:
+        """The job stays in the enclosing memory cgroup, which is never ours (v1 only: the
+        switchboard made the others and left that one out, see V1Part.create)."""
+        raise CgroupError(f"a {self.version} sandbox has no memory cgroup to share")
+
     def enclosing_cpu_limit(self) -> float | None:
         """The tightest CPU quota (in CPUs) of the cgroups this one is created in: the job
         gets no more CPU time per period than that, whatever --cpus says."""

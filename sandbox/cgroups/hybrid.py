@@ -39,6 +39,9 @@ class HybridCgroup(JobCgroup):
     def enclosing_memory_limit(self) -> int | None:
         return self.v1.enclosing_memory_limit()  # the memory controller is v1's here
 
+    def share_memory(self) -> None:
+        self.v1.share_memory()
+
     def enclosing_cpu_limit(self) -> float | None:
         return self.v1.enclosing_cpu_limit()  # so is the cpu controller (the unified mount has none)
 

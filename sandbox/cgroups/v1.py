@@ -128,6 +128,10 @@ class V1Part:
         periods = chain_files(parent, "cpu.cfs_period_us")
         return smallest_cpus([parse_cfs_quota(q, p) for q, p in zip(quotas, periods, strict=False)])
 
+    def share_memory(self) -> None:
+        self.shared_memory = self.memory_parent
+        self.dirs.pop("memory", None)
+
     def unique_dirs(self) -> list[str]:
         return list(dict.fromkeys(self.dirs.values()))
 
@@ -137,8 +141,7 @@ class V1Part:
             # system reads it from its own (Slurm's slurmstepd: OUT_OF_MEMORY in sacct).
             # A child with no tighter limit would hide the kill from it: the job stays in
             # the enclosing memory cgroup, which is never ours to remove.
-            self.shared_memory = self.memory_parent
-            del self.dirs["memory"]
+            self.share_memory()
         if limits.devices is not None and self.devices_dir is not None:
             self.dirs["devices"] = self.devices_dir  # only then: a host /dev needs no devices cgroup
         made: list[str] = []
@@ -300,6 +303,9 @@ class V1Cgroup(JobCgroup):
 
     def enclosing_cpu_limit(self) -> float | None:
         return self.part.enclosing_cpu_limit()
+
+    def share_memory(self) -> None:
+        self.part.share_memory()
 
     def primary_path(self) -> str:
         return self.part.dirs.get("memory") or next(iter(self.part.dirs.values()))

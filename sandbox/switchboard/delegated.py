@@ -46,11 +46,14 @@ class DelegatedCgroup(JobCgroup):
             agent.close()
             raise CgroupError(f"the switchboard refused to create the cgroup: {e}") from None
         self.agent = agent
-        paths = reply.get("paths")
-        assert isinstance(paths, dict)
-        self.inner = job_cgroup(
-            self.name, None, self.layout, parent_dirs={k: os.path.dirname(str(v)) for k, v in paths.items()}
-        )
+        paths, shared = reply.get("paths"), reply.get("shared") or {}
+        assert isinstance(paths, dict) and isinstance(shared, dict)
+        parent_dirs = {k: os.path.dirname(str(v)) for k, v in paths.items()}
+        # a hierarchy where the job stays in the caller's own cgroup (v1 memory in a batch step)
+        parent_dirs.update({k: str(v) for k, v in shared.items()})
+        self.inner = job_cgroup(self.name, None, self.layout, parent_dirs=parent_dirs)
+        if "memory" in shared:
+            self.inner.share_memory()
         self.version = self.inner.version
 
     def attach(self, pid: int) -> None:
@@ -61,6 +64,14 @@ class DelegatedCgroup(JobCgroup):
             self.agent.request({"op": "attach", "name": self.name, "pid": pid})
         except sb.SwitchboardError as e:
             raise CgroupError(f"the switchboard refused to attach the job: {e}") from None
+
+    def enclosing_memory_limit(self) -> int | None:
+        # the switchboard nests the sandbox in the caller's own cgroup (a Slurm task's):
+        # its ancestors' limits are the caller's to read, as for root's sandboxes
+        return self.inner.enclosing_memory_limit() if self.inner is not None else None
+
+    def enclosing_cpu_limit(self) -> float | None:
+        return self.inner.enclosing_cpu_limit() if self.inner is not None else None
 
     def paths(self) -> dict[str, str]:
         return self._backend().paths()

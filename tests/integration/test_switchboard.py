@@ -535,6 +535,10 @@ def test_sandbox_nests_in_the_members_slot_and_its_limit_holds(switchboard: None
         # symbolic links: compare real paths, each of the sandbox's in some slot directory
         real = {os.path.realpath(d) for d in dirs}
         inside = {os.path.realpath(os.path.dirname(p)) for p in reply["paths"].values()}
+        # on v1 asking for nothing tighter than the slot, the sandbox stays in the slot's
+        # memory cgroup (where a batch system counts an OOM kill), named in `shared`
+        inside |= {os.path.realpath(p) for p in reply["shared"].values()}
+        assert set(reply["shared"]) == ({"memory"} if "memory" in LAYOUT.v1 else set()), reply
         assert inside == real, (reply["paths"], dirs)
         assert ask(MEMBER, {"op": "destroy", "name": "sbt-inslot"}, slot="sbt-slot100").returncode == 0
         # the job: OOM-killed in its sandbox, which sits in the slot (40 MiB left to the

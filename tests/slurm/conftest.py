@@ -70,11 +70,14 @@ class Slurm:
         return subprocess.run(["srun", *args], capture_output=True, text=True, timeout=timeout, check=False,
                               cwd=self.jobs)
 
-    def sbatch(self, script: str, *args: str) -> str:
-        path = self.jobs / f"job-{uuid.uuid4().hex[:8]}.sh"
+    def sbatch(self, script: str, *args: str, where: Path | None = None) -> str:
+        """Submit `script`; its output and working directory are `where` (default: the
+        lane's jobs directory), which must be writable by the job's user."""
+        where = where or self.jobs
+        path = where / f"job-{uuid.uuid4().hex[:8]}.sh"
         path.write_text("#!/bin/sh\n" + script)
         p = subprocess.run(["sbatch", "--parsable", f"--output={path}.out", *args, str(path)],
-                           capture_output=True, text=True, check=True, cwd=self.jobs)
+                           capture_output=True, text=True, check=True, cwd=where)
         return p.stdout.strip().split(";")[0]
 
     def scancel(self, *jobids: str) -> None:

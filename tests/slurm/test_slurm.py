@@ -8,12 +8,20 @@ one run: sacct must not be able to tell them apart. Jobs run in the lane's direc
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import needs_root
+from tests.integration import test_switchboard as sb
+from tests.integration.test_switchboard import switchboard  # noqa: F401 (a fixture: the installed switchboard)
 from tests.slurm.conftest import PY, Slurm, sandbox_run
 
 pytestmark = [needs_root]
@@ -199,3 +207,63 @@ def test_cpu_matches_sacct(slurm: Slurm) -> None:
     cpu = float(report["cpu_user_seconds"]) + float(report["cpu_system_seconds"])  # type: ignore[arg-type]
     assert cpu > 2.3, report
     assert abs(cpu - step.total_cpu) < 0.25, (cpu, step)
+
+
+# -- a switchboard member's sandbox inside a step -----------------------------------------
+
+
+@pytest.fixture
+def member_dir(slurm: Slurm, switchboard: None) -> Iterator[Path]:  # noqa: F811
+    """The switchboard installed as tests/integration/test_switchboard.py installs it (its
+    member, a real user in group `sandbox`, exists before Slurm runs a job as it, and is
+    removed after), and a directory of the member's for the job's output and report."""
+    d = slurm.jobs / sb.MEMBER
+    d.mkdir()
+    shutil.chown(d, sb.MEMBER, sb.MEMBER)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d)
+
+
+def test_a_members_sandbox_in_a_step_is_out_of_memory_at_the_steps_limit(slurm: Slurm, member_dir: Path) -> None:
+    """A job of the member's (sbatch --uid): its step's sandbox-run goes through the
+    switchboard, which nests the sandbox in the step's task cgroup, within the step's
+    --mem. The job allocates twice that: sacct says OUT_OF_MEMORY, as for the same step
+    without sandbox-run, and nothing is left: not the sandbox's cgroups (so Slurm's own
+    cleanup removes the job's), its state, or a process."""
+    home = f"/home/{sb.MEMBER}"
+    report = member_dir / f"r-{_tag()}.json"
+    before = sb.snapshot()
+    # the member's own environment, not the lane's (root's state directory)
+    env = f"unset SANDBOX_STATE_DIR; export HOME={home} XDG_RUNTIME_DIR={home}\n"
+    # where the job sits in the memory hierarchy, then twice the step's memory
+    job = f"sh -c 'echo \"$SLURM_JOB_ID $(grep :memory: /proc/self/cgroup)\"; exec {PY} -c \"{ALLOC.format(mb=400)}\"'"
+    jobs = [slurm.sbatch(f"{env}srun {step}\n", "-c1", "--mem=200M", f"--uid={sb.MEMBER}", where=member_dir)
+            for step in (job, f"{SR} --report {report} -- {job}")]
+    try:
+        plain, sandboxed = ({k: (v.state, v.exit_code) for k, v in slurm.wait(j, "0").items() if k in ("job", "0")}
+                            for j in jobs)
+    except AssertionError as e:
+        raise AssertionError(f"{e}; the jobs' output: {[p.read_text() for p in member_dir.glob('*.out')]}") from None
+    assert plain["0"][0] == "OUT_OF_MEMORY", plain
+    r = json.loads(report.read_text())
+    assert r["status"] == "oom_killed" and r["memory_limit_bytes"] == 200 * MiB, r
+    out = "".join(p.read_text() for p in member_dir.glob("*.out"))
+    # the step encloses the sandbox: on v1 it asked for nothing tighter than the step, so its
+    # job stays in the task's memory cgroup, where Slurm counts an OOM kill (v1 counts it
+    # only in the victim's own memory cgroup); its other hierarchies are its own
+    task = rf"^{jobs[1]} \d+:memory:/slurm_{HOST}/uid_\d+/job_{jobs[1]}/step_0/task_0$"
+    assert re.search(task, out, re.MULTILINE), out
+    assert f"/sandbox-{r['name']}" in str(r["cgroup"]), r
+    assert sandboxed == plain, (r, out)
+    deadline = time.monotonic() + 30
+    left: list[Path] = []
+    while time.monotonic() < deadline:
+        left = list(Path("/sys/fs/cgroup").glob(f"*/slurm_{HOST}/uid_*/job_{jobs[1]}"))
+        if not left:
+            break
+        time.sleep(0.5)
+    assert not left, left
+    assert sb.snapshot() == before
+    assert not list(Path(home, "sandbox").glob("*.state*")), list(Path(home, "sandbox").iterdir())

@@ -202,3 +202,31 @@ def test_a_busy_v2_slot_is_emptied_into_the_leaf_alike(two_kernels, monkeypatch:
     assert os.path.relpath(reply["paths"]["unified"], theirs.root) == "unified/condor/slot1/sandbox-busy"
     assert _tree(theirs) == _tree(mine)
     assert Path(theirs.root, "unified/condor/slot1", sb.LEAF, "cgroup.procs").read_text().split() == ["4242", "4243"]
+
+
+@pytest.mark.parametrize(("kind", "kw"), [k for k in KERNELS if k[0] != "v2"])
+def test_same_shared_memory_cgroup_in_a_limited_slot(two_kernels, kind: str, kw: dict[str, bool]) -> None:  # type: ignore[no-untyped-def]
+    """A slot with a memory limit (a Slurm step) and no tighter one asked for: on v1 neither
+    the package as root nor the switchboard makes a memory directory (the job stays in the
+    slot's, where v1 counts the OOM kill a batch system looks for); both agree on the rest,
+    and the backend rebuilt as DelegatedCgroup does reads the slot's memory."""
+    mine, theirs = two_kernels(kind, PARENT, **kw)
+    for k in (mine, theirs):
+        (k.v1_mounts["memory"] / PARENT.lstrip("/") / "memory.limit_in_bytes").write_text(f"{200 << 20}\n")
+    cg = job_cgroup("share", None, mine.layout())
+    cg.create(Limits(pids=7))
+    reply = sb.op_create({"cgroup": {"parent": "/elsewhere"}}, sb.Caller(), _request("share", Limits(pids=7)))
+    assert "memory" not in reply["paths"] and "memory" not in cg.paths()
+    assert reply["shared"] == {"memory": str(theirs.v1_mounts["memory"] / PARENT.lstrip("/"))}
+    assert reply["limits"]["memory"] == 200 << 20  # what the job has: the slot's
+    assert {key: os.path.relpath(p, theirs.root) for key, p in reply["paths"].items()} == {
+        key: os.path.relpath(p, mine.root) for key, p in cg.paths().items()
+    }
+    assert _tree(theirs) == _tree(mine)
+    parent_dirs = {k: os.path.dirname(str(v)) for k, v in reply["paths"].items()}
+    rebuilt = job_cgroup("share", None, theirs.layout(), parent_dirs={**parent_dirs, **reply["shared"]})
+    rebuilt.share_memory()
+    assert rebuilt.paths() == reply["paths"] and rebuilt.enclosing_memory_limit() == 200 << 20
+    assert rebuilt.usage().memory_limit_bytes == 200 << 20  # the slot's figures
+    cg.remove_dirs()
+    rebuilt.remove_dirs()

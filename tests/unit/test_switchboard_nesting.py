@@ -102,6 +102,18 @@ def test_enclosing_limits_bound_unset_and_refuse_above() -> None:
         sb.effective_limits(LIMITS_CFG, asked(pids=51), enclosing)
 
 
+def test_a_nested_v1_sandbox_without_a_tighter_limit_shares_the_callers_memory_cgroup() -> None:
+    """v1 counts an OOM kill only in the victim's own memory cgroup, where a batch system
+    looks (Slurm's step): a sandbox that asks for nothing tighter stays in the caller's."""
+    step = {"memory": 200 << 20}
+    assert sb.shares_memory({"memory", "pids"}, None, step, 200 << 20)
+    assert not sb.shares_memory({"memory"}, 100 << 20, step, 100 << 20)  # its own, tighter limit
+    assert not sb.shares_memory({"memory"}, None, step, 64 << 20)  # the configured maximum is tighter
+    assert not sb.shares_memory({"memory"}, None, {}, 1 << 30)  # nothing encloses the caller
+    assert not sb.shares_memory({"pids"}, None, step, 200 << 20)  # at the root of the memory hierarchy
+    assert not sb.shares_memory({"unified"}, None, step, 200 << 20)  # v2: counted where Slurm looks anyway
+
+
 def _deep(root: Path, depth: int) -> Path:
     d = root
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
