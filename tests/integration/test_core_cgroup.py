@@ -144,7 +144,9 @@ def test_cpu_quota(tmp_path: Path) -> None:
                       "sh", "-c", f"sh -c '{loop}' & sh -c '{loop}' & wait")
     assert r["status"] == "timed_out" and p.returncode == 124
     ratio = (r["cpu_user_seconds"] + r["cpu_system_seconds"]) / r["wall_seconds"]
-    assert 0.15 <= ratio <= 0.75, ratio
+    # the quota is the ceiling; what the job gets below it depends on the machine's load
+    # (0.14 beside two emulated guests on 2 cores): the floor only shows that it ran
+    assert 0.05 <= ratio <= 0.75, ratio
 
 
 # --- the CPU quota of the enclosing cgroups --------------------------------------------
