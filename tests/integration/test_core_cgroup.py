@@ -130,8 +130,9 @@ def test_memory_peak_is_the_job_plus_a_little(tmp_path: Path) -> None:
 
 def test_pids_limit_bounds_a_fork_bomb(tmp_path: Path) -> None:
     # `exec sleep`: the main shell must not fork while the bomb holds every pid (dash
-    # exits 2 on a failed fork, which a slow guest hits)
-    p, r = run_report(tmp_path, "--pids", "20", "--", "sh", "-c", "b() { b | b & }; b; exec sleep 2", timeout=120)
+    # exits 2 on a failed fork, which a slow guest hits); 5 s for the bomb to reach the
+    # limit on a starved machine
+    p, r = run_report(tmp_path, "--pids", "20", "--", "sh", "-c", "b() { b | b & }; b; exec sleep 5", timeout=120)
     assert p.returncode == 0, p.stderr
     assert r["pids_peak"] is None or r["pids_peak"] <= 20, r["pids_peak"]
     assert r["pids_peak"] is None or r["pids_peak"] >= 10  # it did try
