@@ -35,16 +35,16 @@ def reclaim_stale(
         taken = state.take_stale(name, directory)
         if taken is None:
             continue  # alive (its launcher holds the lock), being reclaimed, or gone
-        fd, data = taken
+        fd, data = taken.fd, taken.data
         try:
             if data is not None and not _owned(data, fd):
                 continue
             if data is not None and not _reclaim_one(name, data, layout, kill_timeout, fd):
                 continue  # its cgroup resisted: the state stays for the next try
-            state.remove(name, directory)  # still holding its lock: nobody else acts on it
+            state.remove(name, directory)  # still holding the claim: nobody else acts on it
             reclaimed.append(name)
         finally:
-            os.close(fd)
+            taken.release()
     return reclaimed
 
 

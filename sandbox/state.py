@@ -20,7 +20,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .procfs import process_start_time
 
@@ -62,12 +62,17 @@ def _locked_temp(final: str, record: State) -> tuple[int, str] | None:
     """A new temp file next to `final`, locked, holding `record`; None when a gc swept
     it between open and flock (the caller tries again)."""
     tmp = f"{final}.{os.urandom(6).hex()}.tmp"
-    fd = os.open(tmp, _TMP_FLAGS, 0o644)
+    # Made 0600 and opened to others only once locked: root's state directory is
+    # world-readable (users read the state of --user sandboxes run for them), and anyone
+    # who could open the new file first could flock it before us, so that every launch
+    # failed.
+    fd = os.open(tmp, _TMP_FLAGS, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:  # a gc took it for an abandoned temp file
         os.close(fd)
         return None
+    os.fchmod(fd, 0o644)
     try:
         _write_all(fd, record.to_json().encode())
     except BaseException:
@@ -223,14 +228,13 @@ def _try_lock(path: str) -> int | None:
 
 
 def launcher_alive(data: dict[str, Any], directory: str | None = None) -> bool:
-    """Does a launcher hold the state of this sandbox? A lock test: the same answer
-    from every PID namespace, and no PID reuse to fool it."""
+    """Does a launcher hold the state of this sandbox (or a gc, reclaiming it)? A lock
+    test: the same answer from every PID namespace, and no PID reuse to fool it."""
     name = data.get("name")
     if not isinstance(name, str):
         return False
-    path = path_for(name, directory)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path_for(name, directory), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return False
     try:
@@ -239,24 +243,117 @@ def launcher_alive(data: dict[str, Any], directory: str | None = None) -> bool:
         return True
     finally:
         os.close(fd)
+    return _claim_held(name, directory)
+
+
+# A gc's claim on a stale sandbox is a lock on a file of its own, beside the state, that
+# only the claimer can open (0600, a dot name that `names` does not list). The state file
+# itself cannot be the claim: root's state files are readable by everyone, so any user
+# could hold a shared flock on a dead launcher's file and no exclusive lock would ever be
+# had on it again. Liveness stays the launcher's exclusive lock, which shared ones do not
+# hide.
+CLAIM = ".claim"
+
+
+def _claim_path(name: str, directory: str | None) -> str:
+    return os.path.join(directory or state_dir(), f".{name}{CLAIM}")
+
+
+def _claim_held(name: str, directory: str | None) -> bool:
+    try:
+        fd = os.open(_claim_path(name, directory), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
     return False
 
 
-def take_stale(name: str, directory: str | None = None) -> tuple[int, dict[str, Any] | None] | None:
-    """Lock the state of a sandbox whose launcher is gone: (fd holding its lock, its
-    data or None when unreadable), or None when it lives or is gone. Holding the lock
-    is the claim: a second gc or launch sees it held and leaves it alone."""
+def _same_file(path: str, fd: int) -> bool:
+    """Is `path` still the file open on `fd` (not replaced or removed since the open)?"""
+    try:
+        return os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _lock_claim(name: str, directory: str | None) -> int | None:
+    path = _claim_path(name, directory)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    if not _same_file(path, fd):  # a sweep removed it between our open and flock
+        os.close(fd)
+        return None
+    return fd
+
+
+def _lock_dead(path: str) -> int | None:
+    """An fd of the state file at `path` once no launcher holds its exclusive lock, with
+    a lock of ours on it (exclusive, or shared when someone else holds a shared one: a
+    reader's lock, which says nothing about the launcher); None while a launcher lives."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+    if not _same_file(path, fd):
+        os.close(fd)
+        return None
+    return fd
+
+
+class Taken(NamedTuple):
+    """A stale sandbox's state, claimed: its file (fd), its data (None when unreadable),
+    and the claim that keeps every other gc and launch off it until release()."""
+
+    fd: int
+    data: dict[str, Any] | None
+    claim_fd: int
+    claim_path: str
+
+    def release(self) -> None:
+        _unlink(self.claim_path)  # while still held: a later claim makes a new file
+        os.close(self.claim_fd)
+        os.close(self.fd)
+
+
+def take_stale(name: str, directory: str | None = None) -> Taken | None:
+    """Claim the state of a sandbox whose launcher is gone, or None when it lives, is
+    being reclaimed or is gone. Holding the claim keeps a second gc or launch off it."""
     import json
 
-    fd = _try_lock(path_for(name, directory))
+    claim = _lock_claim(name, directory)
+    if claim is None:
+        return None
+    fd = _lock_dead(path_for(name, directory))
     if fd is None:
+        _unlink(_claim_path(name, directory))
+        os.close(claim)
         return None
     try:
         with open(fd, closefd=False) as f:
             data = json.load(f)
     except (ValueError, UnicodeDecodeError, OSError):
         data = None
-    return fd, data if isinstance(data, dict) else None
+    return Taken(fd, data if isinstance(data, dict) else None, claim, _claim_path(name, directory))
 
 
 def sweep_temp(directory: str | None = None) -> list[str]:
@@ -270,7 +367,7 @@ def sweep_temp(directory: str | None = None) -> list[str]:
     removed = []
     for entry in entries:
         path = os.path.join(directory, entry)
-        if entry.endswith(".tmp") or ".reclaim-" in entry:
+        if entry.endswith(".tmp") or ".reclaim-" in entry or (entry.startswith(".") and entry.endswith(CLAIM)):
             fd = _try_lock(path)
             if fd is None:
                 continue

@@ -367,3 +367,44 @@ def test_die_with_parent_tears_down_and_records(visible_dir: Path, subreaper: No
 
 def _states() -> list[dict[str, Any]]:
     return [d for d in (state.read(n) for n in state.names()) if d]
+
+
+LOCK_HOLDER = "sbt-lockholder"
+
+
+@pytest.fixture
+def lock_holder() -> Iterator[str]:
+    """A real unprivileged user of this machine (any local user can read root's state)."""
+    subprocess.run(["userdel", "-r", LOCK_HOLDER], capture_output=True, check=False)
+    subprocess.run(["useradd", "-m", LOCK_HOLDER], check=True, capture_output=True)
+    try:
+        yield LOCK_HOLDER
+    finally:
+        subprocess.run(["pkill", "-KILL", "-u", LOCK_HOLDER], capture_output=True, check=False)
+        subprocess.run(["userdel", "-r", LOCK_HOLDER], capture_output=True, check=False)
+
+
+def test_a_users_shared_lock_on_a_stale_state_does_not_stop_its_reclaim(
+    visible_dir: Path, subreaper: None, lock_holder: str
+) -> None:
+    """The attack: an ordinary user holds a shared flock on root's state file of a
+    sandbox whose launcher was SIGKILLed, so that gc's exclusive lock on it fails for as
+    long as they like and the sandbox (cgroup, name, records) is never reclaimed."""
+    name, report, log = _kill_after_start(visible_dir)
+    path = state.path_for(name)
+    hold = ("import fcntl, sys, time\nf = open(sys.argv[1])\nfcntl.flock(f, fcntl.LOCK_SH)\n"
+            "print('held', flush=True)\ntime.sleep(120)")
+    holder = subprocess.Popen(["setpriv", "--reuid", lock_holder, "--regid", lock_holder, "--init-groups",
+                               PY, "-c", hold, path], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        p = subprocess.run([SANDBOX, "gc"], capture_output=True, text=True, check=False)
+        assert p.returncode == 0, p.stderr
+        assert not os.path.isdir(_cgroup_dir(name)) and state.read(name) is None
+        assert json.loads(report.read_text())["status"] == "launcher_lost"
+        assert [json.loads(x)["name"] for x in log.read_text().splitlines()] == [name]
+        assert holder.poll() is None  # the reader was not disturbed: its lock just means nothing
+        assert not [e for e in os.listdir(state.state_dir()) if e.startswith(f".{name}")]  # no claim left
+    finally:
+        holder.kill()
+        holder.wait()

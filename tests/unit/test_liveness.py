@@ -53,10 +53,13 @@ def test_a_dead_launchers_claim_is_stale(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError):
         state.claim("job1", _record(), str(tmp_path))
     taken = state.take_stale("job1", str(tmp_path))
-    assert taken is not None and taken[1] is not None and taken[1]["name"] == "job1"
-    # while one reclaimer holds it, nobody else takes it
+    assert taken is not None and taken.data is not None and taken.data["name"] == "job1"
+    # while one reclaimer holds it, nobody else takes it, and no launcher gets the name
     assert state.take_stale("job1", str(tmp_path)) is None
-    os.close(taken[0])
+    assert state.launcher_alive({"name": "job1"}, str(tmp_path))
+    with pytest.raises(state.NameInUse):
+        state.claim("job1", _record(), str(tmp_path))
+    taken.release()
     assert [e for e in os.listdir(tmp_path) if not e.endswith(state.SUFFIX)] == []
 
 
@@ -105,3 +108,54 @@ def test_a_message_to_a_full_pipe_is_dropped_at_once() -> None:
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_a_readers_shared_lock_neither_hides_a_dead_launcher_nor_blocks_its_reclaim(tmp_path: Path) -> None:
+    """Root's state files are world-readable: anyone may hold a shared flock on one. That
+    lock is not the launcher's exclusive one, so the sandbox is still seen dead and
+    claimed (on a claim file of the gc's own), once."""
+    _dead_claim(tmp_path, "job1")
+    with open(state.path_for("job1", str(tmp_path))) as reader:
+        fcntl.flock(reader, fcntl.LOCK_SH)
+        assert not state.launcher_alive({"name": "job1"}, str(tmp_path))
+        taken = state.take_stale("job1", str(tmp_path))
+        assert taken is not None and taken.data is not None
+        assert state.take_stale("job1", str(tmp_path)) is None
+        assert state.launcher_alive({"name": "job1"}, str(tmp_path))  # being reclaimed: the name is in use
+        state.remove("job1", str(tmp_path))
+        taken.release()
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_live_launchers_state_is_not_taken_through_a_shared_lock(tmp_path: Path) -> None:
+    held = state.claim("job1", _record(), str(tmp_path))
+    assert state.take_stale("job1", str(tmp_path)) is None
+    assert [e for e in os.listdir(tmp_path) if e.startswith(".")] == []  # the failed claim left nothing
+    held.release()
+
+
+def test_a_new_state_file_is_private_until_locked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opened by someone else between its creation and our flock, it could be locked
+    first and the launch would fail: nobody but us may open it before we hold it."""
+    modes: list[int] = []
+    real = fcntl.flock
+
+    def spy(fd: int, op: int) -> None:
+        if op & fcntl.LOCK_EX:
+            modes.append(os.fstat(fd).st_mode & 0o777)
+        real(fd, op)
+
+    monkeypatch.setattr(state.fcntl, "flock", spy)
+    held = state.claim("job1", _record(), str(tmp_path))
+    assert modes and modes[0] == 0o600
+    assert os.stat(state.path_for("job1", str(tmp_path))).st_mode & 0o777 == 0o644
+    held.release()
+
+
+def test_sweep_removes_abandoned_claims_only(tmp_path: Path) -> None:
+    (tmp_path / ".a.claim").write_text("")
+    held = tmp_path / ".b.claim"
+    with open(held, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        assert state.sweep_temp(str(tmp_path)) == [".a.claim"]
+    assert os.listdir(tmp_path) == [held.name]
