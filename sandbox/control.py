@@ -213,10 +213,18 @@ def run_state(cg: JobCgroup) -> str:
 def usage(name: str) -> LiveUsage:
     """Live figures under the report's keys, plus the current ones (memory_current_bytes,
     pids_current) and the sandbox's state."""
+    from .outcome import effective_limit
+
     r = find(name)
     u = r.cg.usage()
     pids = u.pids_current if u.pids_current is not None else len(r.cg.pids())
-    return LiveUsage.sample(r.state, u, run_state(r.cg), pids, time.time())
+    # As in the report: the tightest of the sandbox's own limit and the enclosing
+    # cgroups' (a 2G sandbox in a 500M batch slot has 500M). Without a cgroup no limit
+    # is in force, whatever was asked (--limits best-effort).
+    own_cpus = r.state.cpu_limit_cpus if r.cg.paths() else None
+    in_force = (effective_limit(u.memory_limit_bytes, r.cg.enclosing_memory_limit()),
+                effective_limit(own_cpus, r.cg.enclosing_cpu_limit()))
+    return LiveUsage.sample(r.state, u, run_state(r.cg), pids, time.time(), in_force=in_force)
 
 
 # -- ps ----------------------------------------------------------------------------------

@@ -206,6 +206,7 @@ class LiveUsage(NamedTuple):
     memory_current_bytes: int | None
     memory_peak_bytes: int | None
     memory_limit_bytes: int | None
+    cpu_limit_cpus: float | None
     oom_kills: int | None
     io_read_bytes: int | None
     io_write_bytes: int | None
@@ -232,9 +233,11 @@ class LiveUsage(NamedTuple):
 
     @classmethod
     def sample(
-        cls, state: "State", usage: "Usage", run_state: str, pids_current: int, now: float
+        cls, state: "State", usage: "Usage", run_state: str, pids_current: int, now: float,
+        *, in_force: tuple[int | None, float | None] = (None, None),
     ) -> "LiveUsage":
-        """The live figures of the sandbox `state` describes."""
+        """The live figures of the sandbox `state` describes; `in_force` the memory and
+        CPU limits the job has (its own or a tighter enclosing one), as the report has."""
         started = state.started_at
         return cls(
             name=state.name,
@@ -244,7 +247,8 @@ class LiveUsage(NamedTuple):
             cpu_system_seconds=usage.cpu_system_seconds,
             memory_current_bytes=usage.memory_current_bytes,
             memory_peak_bytes=usage.memory_peak_bytes,
-            memory_limit_bytes=usage.memory_limit_bytes,
+            memory_limit_bytes=in_force[0],
+            cpu_limit_cpus=in_force[1],
             oom_kills=usage.oom_kills,
             io_read_bytes=usage.io_read_bytes,
             io_write_bytes=usage.io_write_bytes,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LAYOUT, SANDBOX_RUN, needs_root, run_sandbox
+from tests.conftest import LAYOUT, SANDBOX, SANDBOX_RUN, needs_root, run_sandbox
 from tests.integration.test_core import Running, host_processes_with, one_error_line, run_report, wait_until
 
 pytestmark = [needs_root, pytest.mark.cgroup]
@@ -204,6 +204,21 @@ def test_the_enclosing_cpu_quota_is_the_limit_in_force(tmp_path: Path, quota_slo
         running.close()
     assert exited["status"] == "exited" and exited["cpu_limit_cpus"] == 0.5, exited
     assert json.loads(report.read_text())["cpu_limit_cpus"] == 0.5
+
+
+def test_live_usage_states_the_limits_in_force(quota_slot: Path) -> None:
+    """`sandbox usage` of a running sandbox has the report's limits: --cpus 2 in the
+    0.5-CPU slot is 0.5 CPUs, --mem its own."""
+    running = Running("--cpus", "2", "--mem", "64M", "--", "sleep", "30", prefix=_in(quota_slot))
+    try:
+        p = subprocess.run([SANDBOX, "usage", running.started["name"]], capture_output=True, text=True, check=False)
+        assert p.returncode == 0, p.stderr
+        live = json.loads(p.stdout)
+        assert (live["cpu_limit_cpus"], live["memory_limit_bytes"]) == (0.5, 64 << 20), live
+    finally:
+        running.proc.terminate()
+        running.proc.wait(timeout=20)
+        running.close()
 
 
 def test_cpus_above_the_enclosing_quota_runs_and_says_so(tmp_path: Path, quota_slot: Path) -> None:
