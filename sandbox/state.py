@@ -105,8 +105,9 @@ class Held:
     file with a new one locked before it is renamed into place, so the name is never
     without a locked file."""
 
-    def __init__(self, name: str, directory: str, fd: int) -> None:
+    def __init__(self, name: str, directory: str, fd: int, dir_fd: int = -1) -> None:
         self.name, self.directory, self.fd = name, directory, fd
+        self.dir_fd = dir_fd  # a shared lock on the directory: see _hold_directory
 
     @property
     def path(self) -> str:
@@ -134,6 +135,26 @@ class Held:
         _unlink(self.path)
         os.close(self.fd)
         self.fd = -1
+        if self.dir_fd >= 0:
+            os.close(self.dir_fd)
+            self.dir_fd = -1
+
+
+def _hold_directory(directory: str) -> int:
+    """A shared flock on the state directory for the launcher's life, or -1. An ordinary
+    user's state may live in a private directory under /tmp (no runtime directory), which
+    tmp cleaners age away: systemd-tmpfiles skips a directory it cannot lock exclusively,
+    so a week-long job keeps its state (and with it gc's and live control's view of it)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return -1
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:  # a cleaner is in it this very moment: go on without
+        os.close(fd)
+        return -1
+    return fd
 
 
 def claim(name: str, record: State, directory: str | None = None) -> Held:
@@ -159,7 +180,7 @@ def claim(name: str, record: State, directory: str | None = None) -> Held:
             raise
         finally:
             _unlink(tmp)
-        return Held(name, directory, fd)
+        return Held(name, directory, fd, _hold_directory(directory))
     raise OSError(errno.EAGAIN, "state temp file swept repeatedly")
 
 

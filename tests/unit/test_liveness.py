@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -159,3 +162,26 @@ def test_sweep_removes_abandoned_claims_only(tmp_path: Path) -> None:
         fcntl.flock(f, fcntl.LOCK_EX)
         assert state.sweep_temp(str(tmp_path)) == [".a.claim"]
     assert os.listdir(tmp_path) == [held.name]
+
+
+@pytest.mark.skipif(shutil.which("systemd-tmpfiles") is None, reason="no systemd-tmpfiles")
+def test_a_tmp_cleaner_leaves_a_live_launchers_state_directory(tmp_path: Path) -> None:
+    """An ordinary user's fallback state directory sits in /tmp: the real systemd-tmpfiles,
+    told to age everything older than an hour by mtime, removes an old state directory
+    nobody holds and keeps the one a launcher holds."""
+    base = tmp_path / "tmp"
+    live, dead = base / "sandbox-run-1000", base / "sandbox-run-1001"
+    for d in (live, dead):
+        d.mkdir(parents=True)
+    held = state.claim("job1", _record(), str(live))
+    _dead_claim(dead, "job2")
+    old = time.time() - 2 * 86400
+    for d in (live, dead):
+        for f in (*d.iterdir(), d):
+            os.utime(f, (old, old), follow_symlinks=False)
+    conf = tmp_path / "clean.conf"
+    conf.write_text(f"e {base} - - - mM:1h\n")
+    subprocess.run(["systemd-tmpfiles", "--clean", str(conf)], check=True, capture_output=True)
+    assert sorted(p.name for p in base.iterdir()) == [live.name], "the cleaner kept the dead one or took the live one"
+    assert state.read("job1", str(live)) is not None
+    held.release()
