@@ -443,15 +443,42 @@ def parse_limit(text: str) -> int | None:
     return None if value >= 1 << 62 else value
 
 
-def enclosing_limits(found: Collection[tuple[str, str]]) -> dict[str, int]:
+# The CPU quota of an enclosing cgroup, as "QUOTA PERIOD" text: v2's cpu.max as it is, v1's
+# cpu.cfs_quota_us and cpu.cfs_period_us read together and joined by a space.
+CPU_QUOTA_FILES = {"unified": ("cpu.max",), "cpu": ("cpu.cfs_quota_us", "cpu.cfs_period_us")}
+
+
+def parse_cpu_quota(text: str) -> float | None:
+    """One cgroup's CPU quota in CPUs from "QUOTA PERIOD" (v2 cpu.max; v1 cfs quota and
+    period): None for none ('max', v1's -1, a missing file's empty text)."""
+    quota, _, period = text.strip().partition(" ")
+    period = period.strip()
+    if not quota.isdigit() or not period.isdigit() or int(quota) == 0 or int(period) == 0:
+        return None
+    return int(quota) / int(period)
+
+
+def enclosing_limits(found: Collection[tuple[str, str]]) -> dict[str, int | float]:
     """The tightest bound per limit among (limit, file text) pairs read from the cgroups
-    that enclose a nested sandbox: a sandbox's limit above it would be a number, not a bound."""
-    out: dict[str, int] = {}
+    that enclose a nested sandbox: a sandbox's limit above it would be a number, not a bound.
+    "cpus" texts are CPU quotas (parse_cpu_quota), the others limit files' values."""
+    out: dict[str, int | float] = {}
     for lim, text in found:
-        value = parse_limit(text)
+        value: int | float | None = parse_cpu_quota(text) if lim == "cpus" else parse_limit(text)
         if value is not None:
             out[lim] = min(value, out.get(lim, value))
     return out
+
+
+def own_cpu_quota(key: str, cpus: float | None, enclosing: float | None) -> float | None:
+    """The CPU quota the sandbox's own cgroup in hierarchy `key` gets for `cpus` (what was
+    asked, within the maxima) under the tightest `enclosing` quota: as root's launcher does,
+    v1 (whose key is "cpu") gets none when `cpus` is not below the enclosing quota, since
+    v1 refuses a child quota above an ancestor's (EINVAL) where v2 takes it, and the
+    ancestor's bounds the job either way."""
+    if key == "cpu" and cpus is not None and enclosing is not None and cpus >= enclosing:
+        return None
+    return cpus
 
 
 Parents = dict[str, tuple[str, str, str]]  # key -> (mountpoint, parent relative to it, hierarchy path)
@@ -661,12 +688,14 @@ class Job:
                 make = create and bool(rel) and key not in self.nested
                 self.parent_fds[key] = open_dir(os.path.join(mountpoint, rel), create_last=make)
 
-    def enclosing(self) -> dict[str, int]:
-        """The limits of the parents and all their ancestors, read through fds."""
+    def enclosing(self) -> dict[str, int | float]:
+        """The limits and CPU quota of the parents and all their ancestors up to the
+        hierarchy's root, read through fds."""
         found: list[tuple[str, str]] = []
         for key, (mountpoint, rel, _) in self.parents.items():
             files = [(lim, name) for (k, lim), name in LIMIT_FILES.items() if k == key]
-            if not files:
+            cpu_files = CPU_QUOTA_FILES.get(key, ())
+            if not files and not cpu_files:
                 continue
             fd = open_dir(mountpoint)
             try:
@@ -676,6 +705,8 @@ class Job:
                         os.close(fd)
                         fd = nfd
                     found += [(lim, read_at(fd, name)) for lim, name in files]
+                    if cpu_files:
+                        found.append(("cpus", " ".join(read_at(fd, name).strip() for name in cpu_files)))
             finally:
                 os.close(fd)
         return enclosing_limits(found)
@@ -796,7 +827,7 @@ def _enable_v2_controllers(job: Job) -> set[str]:
     return set()
 
 
-def shares_memory(nested: Collection[str], asked: int | float | None, enclosing: dict[str, int],
+def shares_memory(nested: Collection[str], asked: int | float | None, enclosing: dict[str, int | float],
                   effective: int | float | None) -> bool:
     """Does the sandbox stay in the caller's own v1 memory cgroup instead of making a child
     there? When the caller is nested (a Slurm task) and nothing tighter than what encloses
@@ -809,13 +840,15 @@ def shares_memory(nested: Collection[str], asked: int | float | None, enclosing:
 
 
 def effective_limits(
-    cfg: dict[str, object], asked: dict[str, int | float | None], enclosing: dict[str, int] | None = None
+    cfg: dict[str, object], asked: dict[str, int | float | None], enclosing: dict[str, int | float] | None = None
 ) -> dict[str, int | float | None]:
     """The request's limits within the configured maxima and the `enclosing` cgroups'
-    limits; an unset limit becomes the tighter of the two."""
+    limits; an unset limit becomes the tighter of the two. A memory or pids limit above
+    an enclosing one is refused; cpus above an enclosing quota is not (a rate, as for
+    root's launcher: the job gets the enclosing quota, which is what this says)."""
     for key, bound in (enclosing or {}).items():
         value = asked.get(key)
-        if value is not None and value > bound:
+        if key != "cpus" and value is not None and value > bound:
             raise Refusal(f"{key} {value} is above the enclosing cgroup's limit {bound}")
     lim = cfg.get("limits", {})
     if not isinstance(lim, dict):
@@ -1078,6 +1111,9 @@ def _create(cfg: dict[str, object], caller: Caller, req: dict[str, object], chec
         job.open_parents(create=True)
         enclosing = job.enclosing()
         limits = effective_limits(cfg, req["limits"], enclosing)  # type: ignore[arg-type]
+        # the quota asked for (within the maxima): what root's launcher would set (limits
+        # says what the job gets, the tighter of it and an enclosing quota)
+        own_cpus = effective_limits(cfg, req["limits"])["cpus"]  # type: ignore[arg-type]
         asked = req["limits"]["memory"]  # type: ignore[index]
         shared = {"memory"} if shares_memory(job.nested, asked, enclosing, limits["memory"]) else set()
         check_sums(cfg, caller, live, limits)
@@ -1085,7 +1121,7 @@ def _create(cfg: dict[str, object], caller: Caller, req: dict[str, object], chec
         v2_enabled = _enable_v2_controllers(job) if job.kind == "v2" else set()
         needed = {"memory": "memory", "pids": "pids", "cpus": "cpu"}
         for lim, ctrl in needed.items():
-            if job.kind == "v2" and limits[lim] is not None and ctrl not in v2_enabled:
+            if job.kind == "v2" and (own_cpus if lim == "cpus" else limits[lim]) is not None and ctrl not in v2_enabled:
                 raise Refusal(f"the {ctrl} controller is not available in the v2 parent")
         for key, pfd in job.parent_fds.items():
             first = job.comounted_with(key)
@@ -1102,7 +1138,8 @@ def _create(cfg: dict[str, object], caller: Caller, req: dict[str, object], chec
             fd = os.open(job.dirname, DIR_FLAGS, dir_fd=pfd)
             job.fds[key] = fd
             _set_mark(fd, mark)  # before the handover: nobody sees it unmarked but us
-            _set_limits(key, fd, limits, v2_enabled)
+            cpus = own_cpu_quota(key, own_cpus, enclosing.get("cpus"))
+            _set_limits(key, fd, {**limits, "cpus": cpus}, v2_enabled)
         for key, fd in job.fds.items():
             for name in HANDED_V2 if key == "unified" else HANDED_V1:
                 if exists_at(fd, name):

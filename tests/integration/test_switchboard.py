@@ -150,8 +150,9 @@ def _parents() -> list[str]:
     return _dirs("sbt-switchboard") + _dirs(SLOT)
 
 
-def make_slot(name: str, memory: int | None = None) -> list[str]:
-    """A root-made cgroup in every hierarchy standing in for a batch slot."""
+def make_slot(name: str, memory: int | None = None, cpu_quota_us: int | None = None) -> list[str]:
+    """A root-made cgroup in every hierarchy standing in for a batch slot (with a memory
+    limit, and a CPU quota per 100 ms period, where given)."""
     dirs = _dirs(name)
     for d in dirs:
         if os.path.exists(os.path.join(os.path.dirname(d), "cgroup.subtree_control")) and LAYOUT.kind == "v2":
@@ -163,6 +164,11 @@ def make_slot(name: str, memory: int | None = None) -> list[str]:
         for limit in ("memory.limit_in_bytes", "memory.max"):
             if memory is not None and os.path.exists(os.path.join(d, limit)):
                 Path(d, limit).write_text(str(memory))
+        if cpu_quota_us is not None and os.path.exists(os.path.join(d, "cpu.cfs_quota_us")):
+            Path(d, "cpu.cfs_period_us").write_text("100000")
+            Path(d, "cpu.cfs_quota_us").write_text(str(cpu_quota_us))
+        elif cpu_quota_us is not None and os.path.exists(os.path.join(d, "cpu.max")):
+            Path(d, "cpu.max").write_text(f"{cpu_quota_us} 100000")
     return dirs
 
 
@@ -556,6 +562,32 @@ def test_sandbox_nests_in_the_members_slot_and_its_limit_holds(switchboard: None
     finally:
         report.unlink(missing_ok=True)
         ask(MEMBER, {"op": "destroy", "name": "sbt-inslot"}, slot="sbt-slot100")
+        remove_slot(dirs)
+
+
+def test_cpus_above_the_slots_quota_runs_under_the_slots(switchboard: None) -> None:
+    """A root-made cgroup with a 0.5-CPU quota stands in for a batch slot (here the v1 cpu
+    hierarchy): a member's `--cpus 2` inside it runs, as root's does, with no quota of its
+    own on v1 (which refuses a child quota above an ancestor's: the create failed with
+    125) and the report states the quota in force, the slot's 0.5; nothing is left."""
+    dirs = make_slot("sbt-slotcpu", cpu_quota_us=50_000)
+    report = Path(f"/home/{MEMBER}/report-cpu.json")
+    try:
+        quotas = [d for d in dirs if os.path.exists(os.path.join(d, "cpu.cfs_quota_us"))
+                  or os.path.exists(os.path.join(d, "cpu.max"))]
+        assert quotas, "no cpu controller in the slot's hierarchies"
+        r = _run_as(MEMBER, "--cpus", "2", "--report", str(report), "--", "true", slot="sbt-slotcpu")
+        assert r.returncode == 0, r.stderr
+        data = json.loads(report.read_text())
+        assert data["status"] == "exited" and data["cpu_limit_cpus"] == 0.5, data
+        assert "sbt-slotcpu/sandbox-" in data["cgroup"], data
+        # below the slot's quota the sandbox has its own, and the report says so
+        r = _run_as(MEMBER, "--cpus", "0.25", "--report", str(report), "--", "true", slot="sbt-slotcpu")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(report.read_text())["cpu_limit_cpus"] == 0.25
+        assert _sandboxes_in(dirs) == []
+    finally:
+        report.unlink(missing_ok=True)
         remove_slot(dirs)
 
 

@@ -230,3 +230,33 @@ def test_same_shared_memory_cgroup_in_a_limited_slot(two_kernels, kind: str, kw:
     assert rebuilt.usage().memory_limit_bytes == 200 << 20  # the slot's figures
     cg.remove_dirs()
     rebuilt.remove_dirs()
+
+
+@pytest.mark.parametrize("cpus", [2.25, 0.25], ids=["above-the-slot", "below-the-slot"])
+@pytest.mark.parametrize(("kind", "kw"), KERNELS)
+def test_same_cpu_quota_in_a_slot_with_one(two_kernels, kind: str, kw: dict[str, bool], cpus: float) -> None:  # type: ignore[no-untyped-def]
+    """A slot with a 0.5-CPU quota: --cpus above it gets no quota of its own on v1 (which
+    refuses a child quota above an ancestor's) and its own on v2, from the package as
+    root and from the switchboard alike; below it, its own everywhere. The reply says
+    what the job gets: the tighter of the two."""
+    mine, theirs = two_kernels(kind, PARENT, **kw)
+    for k in (mine, theirs):
+        if kind == "v2":
+            Path(k.v2_mount, PARENT.lstrip("/"), "cpu.max").write_text("50000 100000\n")
+        else:
+            cpu_root = next(mp for name, mp in k.v1_mounts.items() if "cpu" in name.split(","))
+            Path(cpu_root, PARENT.lstrip("/"), "cpu.cfs_quota_us").write_text("25000\n")
+            Path(cpu_root, PARENT.lstrip("/"), "cpu.cfs_period_us").write_text("50000\n")
+    limits = Limits(cpus=cpus)
+    cg = job_cgroup("cpuq", None, mine.layout())
+    cg.create(limits)
+    reply = sb.op_create({"cgroup": {"parent": "/elsewhere"}}, sb.Caller(), _request("cpuq", limits))
+    assert reply["limits"]["cpus"] == min(cpus, 0.5)
+    assert _tree(theirs) == _tree(mine)
+    quota = {p: (v or "").strip() for p, v in _tree(theirs).items()
+             if "sandbox-cpuq" in p and ("cfs_quota" in p or "cpu.max" in p)}
+    own = kind == "v2" or cpus < 0.5
+    assert set(quota.values()) == {f"{round(cpus * 100000)} 100000" if kind == "v2" else
+                                   str(round(cpus * 100000)) if own else "-1"}, quota
+    cg.remove_dirs()
+    sb.op_destroy({"cgroup": {"parent": "/elsewhere"}}, sb.Caller(), {"op": "destroy", "name": "cpuq"})

@@ -82,6 +82,51 @@ def test_enclosing_limits_take_the_tightest_ancestor() -> None:
     assert sb.enclosing_limits([("memory", "max")]) == {}
 
 
+@pytest.mark.parametrize(
+    ("text", "cpus"),
+    [("50000 100000\n", 0.5), ("max 100000\n", None), ("-1 100000", None), ("25000 50000", 0.5),
+     ("150000 100000", 1.5), ("", None), ("0 100000", None), ("100000 0", None), ("100000", None),
+     ("-1 ", None), ("x 100000", None)],
+)
+def test_parse_cpu_quota(text: str, cpus: float | None) -> None:
+    """v2 cpu.max as it is; v1 cfs quota and period read together ("QUOTA PERIOD")."""
+    assert sb.parse_cpu_quota(text) == cpus
+
+
+def test_the_tightest_enclosing_cpu_quota_bounds_what_the_job_gets_and_is_not_refused() -> None:
+    found = [("cpus", "-1 100000"), ("cpus", "150000 100000"), ("cpus", "25000 50000"), ("cpus", "max 100000"),
+             ("memory", "max\n")]
+    assert sb.enclosing_limits(found) == {"cpus": 0.5}
+    cfg = {"limits": {"max_cpus": 2}}
+    # above the enclosing quota: the job gets the enclosing one (a rate: not refused, as for root)
+    assert sb.effective_limits(cfg, asked(cpus=2), {"cpus": 0.5})["cpus"] == 0.5
+    assert sb.effective_limits(cfg, asked(), {"cpus": 0.5})["cpus"] == 0.5  # unset: the tighter
+    assert sb.effective_limits(cfg, asked(cpus=0.25), {"cpus": 0.5})["cpus"] == 0.25
+    assert sb.effective_limits({}, asked(), {"cpus": 0.5})["cpus"] == 0.5
+    with pytest.raises(sb.Refusal, match="above the maximum 2"):  # the configured maximum still holds
+        sb.effective_limits(cfg, asked(cpus=3), {"cpus": 0.5})
+
+
+@pytest.mark.parametrize(
+    ("key", "cpus", "enclosing", "own"),
+    [
+        ("cpu", 2.0, 0.5, None),  # v1 refuses a child quota above an ancestor's: none of its own
+        ("cpu", 0.5, 0.5, None),  # as root's launcher: not below it, none
+        ("cpu", 0.25, 0.5, 0.25),
+        ("cpu", 2.0, None, 2.0),
+        ("cpu", None, 0.5, None),
+        ("unified", 2.0, 0.5, 2.0),  # v2 takes it; the ancestor's bounds the job
+        ("unified", None, 0.5, None),
+    ],
+)
+def test_own_cpu_quota_is_roots(key: str, cpus: float | None, enclosing: float | None, own: float | None) -> None:
+    assert sb.own_cpu_quota(key, cpus, enclosing) == own
+    if key == "cpu" and cpus is not None:
+        writes = sb.limit_writes("cpu", asked(cpus=own), (), ())
+        assert writes == ([] if own is None else [("cpu.cfs_period_us", "100000"),
+                                                   ("cpu.cfs_quota_us", str(round(own * 100000)))])
+
+
 def asked(memory: int | None = None, swap: int | None = None, pids: int | None = None,
           cpus: float | None = None) -> dict[str, int | float | None]:
     return {"memory": memory, "swap": swap, "pids": pids, "cpus": cpus}
