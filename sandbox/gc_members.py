@@ -14,9 +14,9 @@ from __future__ import annotations
 import os
 
 from . import state
-from .privilege import private_to
+from .userdirs import private_to
 
-FALLBACK = "sandbox-run-"  # privilege.runtime_dir's private directory in the temporary directory
+FALLBACK = "sandbox-run-"  # userdirs.runtime_dir's private directory in the temporary directory
 
 
 def candidate_dirs(run_user: str = "/run/user", tmp_dirs: tuple[str, ...] = ("/tmp",)) -> list[tuple[int, str]]:

@@ -27,12 +27,11 @@ in every module. Nothing else in sandbox/ reads the uid (tests/unit/test_archite
 from __future__ import annotations
 
 import os
-import stat
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from .errors import EXIT_SANDBOX_FAILED, SandboxError
+from .userdirs import runtime_dir
 
 if TYPE_CHECKING:
     from .cgroups import JobCgroup
@@ -48,6 +47,9 @@ SYSTEM_ACCOUNTING_LOG = "/var/log/sandbox/accounting.jsonl"
 class Privilege(ABC):
     name: ClassVar[str]
     device_rules: ClassVar[bool] = False  # a private /dev's rules in the job's cgroup: see Root
+    # The job runs as the uid that owns its cgroup's limit files (see Delegated): its
+    # view of the cgroup filesystem must then be read-only, or it could raise its limits.
+    job_owns_its_cgroup: ClassVar[bool] = False
 
     def __init__(self, uid: int, euid: int, egid: int) -> None:
         self.uid = uid  # the real uid: whose sandbox it is, recorded in its state
@@ -145,42 +147,6 @@ class Ownership(NamedTuple):
     cgroup_uids: frozenset[int]  # who the cgroup was handed to (v2 directory, v1 freezer.state owners)
     has_cgroup: bool = True  # the state names cgroups at all
     launcher_uid: int | None = None  # the real uid of its launcher, if that is still running
-
-
-def private_to(st: os.stat_result, uid: int) -> bool:
-    """A directory only `uid` can enter and write: not a symbolic link (lstat), theirs,
-    no group or other bits. Pure: unit-tested."""
-    return stat.S_ISDIR(st.st_mode) and st.st_uid == uid and not st.st_mode & 0o077
-
-
-def runtime_dir(uid: int, environ: Mapping[str, str]) -> str:
-    """Where an ordinary user's live state goes: $XDG_RUNTIME_DIR, else logind's
-    /run/user/UID if it is theirs, else a private directory of their own in the temporary
-    directory (batch nodes, su, cron and ssh without logind have no runtime directory).
-    That fallback sits where anyone may create names, so a name another user made first
-    (a directory of theirs, a symbolic link) is refused, never used: the state files'
-    locks decide liveness and gc acts on them."""
-    given = environ.get("XDG_RUNTIME_DIR")
-    if given:
-        return given
-    logind = f"/run/user/{uid}"
-    try:
-        if private_to(os.lstat(logind), uid):
-            return logind
-    except OSError:
-        pass
-    fallback = os.path.join(environ.get("TMPDIR") or "/tmp", f"sandbox-run-{uid}")
-    try:
-        os.mkdir(fallback, 0o700)
-    except FileExistsError:
-        pass
-    except OSError as e:
-        raise SandboxError(f"no runtime directory: cannot make {fallback}: {e.strerror} (set XDG_RUNTIME_DIR)",
-                           EXIT_SANDBOX_FAILED) from None
-    if not private_to(os.lstat(fallback), uid):
-        raise SandboxError(f"no runtime directory: {fallback} is not a private directory of this user "
-                           "(someone else made it?); set XDG_RUNTIME_DIR", EXIT_SANDBOX_FAILED)
-    return fallback
 
 
 class Root(Privilege):
@@ -336,10 +302,13 @@ class Rootless(SwitchboardMember):
 class Delegated(Rootless):
     """The job's cgroup made by the user in their delegated cgroup (beside a leaf the
     launcher moves that cgroup's processes into when it has some), the namespaces as
-    rootless. The limits bound a runaway job, not the user, who owns the files that set
-    them (the site's bound is the delegated cgroup's own limits, which stay root's)."""
+    rootless. The user owns the files that set the limits: the job, which runs as that
+    user, sees the cgroup filesystem read-only (it has no capability to remount it), so
+    its limits bind it; the site's bound on the user is the delegated cgroup's own
+    limits, which stay root's."""
 
     name = "delegated"
+    job_owns_its_cgroup = True
 
     def __init__(self, uid: int, euid: int, egid: int, delegation: Delegation) -> None:
         super().__init__(uid, euid, egid)

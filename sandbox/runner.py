@@ -78,7 +78,7 @@ class Launch:
 
     def _plan(self) -> list[mountns.SetupOp]:
         self.fs = setup.prepare_fs(self.spec, self.privilege)
-        return mountns.plan(self.spec, self.fs)
+        return mountns.plan(self.spec, self.fs, cgroups_read_only=self.privilege.job_owns_its_cgroup)
 
     def _make_cgroup(self) -> None:
         cg = self.privilege.job_cgroup(self.spec.name, self.spec.cgroup_parent)

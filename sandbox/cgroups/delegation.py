@@ -41,11 +41,12 @@ class Delegation(NamedTuple):
 
 
 def check(uid: int, kind: str, directory: str | None, owners: Mapping[str, int | None],
-          controllers_text: str | None) -> Delegation | str:
+          controllers_text: str | None, *, writable: bool = True) -> Delegation | str:
     """The delegation of `directory` (the caller's own cgroup v2 directory) to `uid`, or
     why there is none. `kind` is the layout's; `owners` maps "" (the directory) and each
     of DELEGATED_FILES to its owner's uid (None: missing); `controllers_text` is its
-    cgroup.controllers. Pure: unit-tested."""
+    cgroup.controllers; `writable` whether its mount lets us write (a job of a delegated
+    sandbox sees it read-only: a launch there is not delegated). Pure: unit-tested."""
     if kind != "v2" or directory is None:
         if kind == "hybrid":
             return "the controllers are in cgroup v1 hierarchies, which only root can write"
@@ -56,6 +57,8 @@ def check(uid: int, kind: str, directory: str | None, owners: Mapping[str, int |
             path = os.path.join(directory, name) if name else directory
             whose = "missing" if owner is None else f"owned by uid {owner}"
             return f"the cgroup {path} is not delegated to uid {uid} ({whose})"
+    if not writable:
+        return f"the cgroup {directory} is on a read-only mount (inside a sandbox?)"
     offered = frozenset((controllers_text or "").split())
     missing = [c for c in REQUIRED_CONTROLLERS if c not in offered]
     if missing:
@@ -95,4 +98,7 @@ def find(uid: int, layout: Layout | None = None) -> Delegation | str:
     if layout.kind != "v2" or directory is None:
         return check(uid, layout.kind, None, {}, None)
     owners = {name: _owner(os.path.join(directory, name) if name else directory) for name in ("", *DELEGATED_FILES)}
-    return check(uid, layout.kind, directory, owners, read_text(os.path.join(directory, "cgroup.controllers")))
+    # access(2) answers EROFS for a read-only mount, whoever owns the directory
+    writable = os.access(directory, os.W_OK)
+    return check(uid, layout.kind, directory, owners, read_text(os.path.join(directory, "cgroup.controllers")),
+                 writable=writable)

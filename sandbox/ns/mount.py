@@ -82,7 +82,9 @@ _PROC_OP = SetupOp(MOUNT, "/proc", src="proc", fstype="proc", flags=sc.MS_NOSUID
                    why="ps shows only the job")
 
 
-def plan(spec: JobSpec, fs: Prepared | None = None) -> list[SetupOp]:
+def plan(spec: JobSpec, fs: Prepared | None = None, *, cgroups_read_only: bool = False) -> list[SetupOp]:
+    """The job's mounts, in order. `cgroups_read_only`: the job's uid owns its cgroup's
+    files (a delegated cgroup), so it must not be able to write them."""
     ops = [
         # Before anything else: nothing mounted below may propagate to the host (a
         # shared / would leak every tmpfs to the host). Slave, not private: a disk the
@@ -105,7 +107,7 @@ def plan(spec: JobSpec, fs: Prepared | None = None) -> list[SetupOp]:
     if fs is not None and fs.devices:
         ops[ops.index(_PROC_OP) + 1:ops.index(_PROC_OP) + 1] = _private_dev(fs)
     if fs is not None and fs.execute_dir is not None:
-        return ops + _isolation_ops(spec, fs, size)
+        return ops + _isolation_ops(spec, fs, size) + _cgroup_ops(spec, cgroups_read_only)
     ops.append(
         SetupOp(
             MOUNT,
@@ -122,7 +124,18 @@ def plan(spec: JobSpec, fs: Prepared | None = None) -> list[SetupOp]:
     # /tmp is bound last: until then its tmpfs root is where the subdirs are found
     for sub, target in sorted(_TMP_SUBDIRS, key=lambda t: t[1] == "/tmp"):
         ops.append(SetupOp(MOUNT, target, src=f"/tmp/{sub}", flags=sc.MS_BIND, why="private temporary space"))
-    return ops + (_isolation_ops(spec, fs, None) if fs is not None else [])
+    return ops + (_isolation_ops(spec, fs, None) if fs is not None else []) + _cgroup_ops(spec, cgroups_read_only)
+
+
+def _cgroup_ops(spec: JobSpec, read_only: bool) -> list[SetupOp]:
+    if spec.user is None and not read_only:
+        return []
+    # A job without capabilities cannot write root's cgroup files anyway; read-only also
+    # covers a cgroup delegated to the job's uid (--user of a delegated user, or the
+    # delegated mode, whose job would otherwise raise its own memory.max; without
+    # capabilities it cannot remount it writable). The tree stays visible so that
+    # runtimes can read their limits (with the cgroup namespace, /proc/self/cgroup says "/").
+    return [SetupOp(SETATTR, "/sys/fs/cgroup", attrs=sc.MOUNT_ATTR_RDONLY, why="cgroups read-only")]
 
 
 _BIND_ATTRS = sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV
@@ -130,7 +143,7 @@ _HIDDEN_FILE_ATTRS = sc.MOUNT_ATTR_RDONLY | sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR
 
 
 def _isolation_ops(spec: JobSpec, fs: Prepared, tmp_size: str | None) -> list[SetupOp]:
-    """Execute directory, binds, hides and the read-only cgroup tree. `tmp_size` is None
+    """Execute directory, binds and hides. `tmp_size` is None
     when the tmpfs /tmp of the core plan is already there (no execute directory)."""
     ops: list[SetupOp] = []
     if tmp_size is not None:
@@ -172,12 +185,6 @@ def _isolation_ops(spec: JobSpec, fs: Prepared, tmp_size: str | None) -> list[Se
             SetupOp(EMPTY, fs.parent.path, src=fs.execute_dir.path, src_fd=fs.execute_dir.fd, dst_fd=fs.parent.fd,
                     keep=name, why="hide the other execute directories")
         )
-    if spec.user is not None:
-        # A job without capabilities cannot write cgroup files anyway (they are root's);
-        # read-only also covers a cgroup delegated to the job's uid. The tree stays
-        # visible so that runtimes can read their limits (with the cgroup namespace,
-        # /proc/self/cgroup says "/").
-        ops.append(SetupOp(SETATTR, "/sys/fs/cgroup", attrs=sc.MOUNT_ATTR_RDONLY, why="cgroups read-only"))
     return ops
 
 

@@ -240,3 +240,21 @@ def _another_user_cannot_touch_it(name: str, cg: Path) -> None:
         assert (cg / "memory.max").read_text().strip() == "max"
     finally:
         shutil.rmtree(runtime)
+
+
+def test_the_job_cannot_raise_its_own_limit(delegated: Path) -> None:
+    """The attack: the job runs as the user who owns its cgroup's memory.max (the
+    delegated mode makes that cgroup as the user) and writes "max" there before it
+    allocates. Its cgroup tree is read-only: the write fails and the job is OOM-killed at
+    its limit; the file still says 64M."""
+    name = f"sbtest-raise-{uuid.uuid4().hex[:6]}"
+    attack = (f"import glob\nd = glob.glob('/sys/fs/cgroup/**/sandbox-{name}', recursive=True)[0]\n"
+              "try:\n    open(d + '/memory.max', 'w').write('max')\n    print('raised', flush=True)\n"
+              "except OSError as e:\n"
+              "    print('refused', e.errno, open(d + '/memory.max').read().strip(), flush=True)\n"
+              "b = b'x' * (200 << 20)")
+    report = HOME / "r.json"
+    r = run_as_user(delegated, "--name", name, "--mem", "64M", "--report", str(report), "--", "python3", "-c", attack)
+    data = _report(report)
+    assert r.stdout.split() == ["refused", "30", str(64 << 20)], (r.stdout, r.stderr)  # EROFS
+    assert r.returncode == -signal.SIGKILL and data["status"] == "oom_killed", (r.stderr, data)

@@ -87,6 +87,17 @@ def test_user_makes_cgroup_tree_read_only() -> None:
     assert not [op for op in m.plan(JobSpec(argv=("true",), name="t"), Prepared()) if op.kind == m.SETATTR]
 
 
+def test_a_job_that_owns_its_cgroup_sees_the_cgroup_tree_read_only() -> None:
+    """The delegated mode: the job runs as the user who owns its limit files."""
+    ops = m.plan(JobSpec(argv=("true",), name="t"), Prepared(), cgroups_read_only=True)
+    (op,) = [op for op in ops if op.kind == m.SETATTR]
+    assert op.dst == "/sys/fs/cgroup" and op.attrs == sc.MOUNT_ATTR_RDONLY
+    from sandbox import privilege
+
+    assert privilege.Delegated.job_owns_its_cgroup
+    assert not any(c.job_owns_its_cgroup for c in (privilege.Root, privilege.SwitchboardMember, privilege.Rootless))
+
+
 def test_describe_names_user_paths_not_descriptors() -> None:
     for op in m.plan(JobSpec(argv=("true",), name="t"), prepared()):
         assert "/proc/self/fd" not in op.describe()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import privilege
+from sandbox import privilege, userdirs
 from sandbox.cgroups import CgroupError
 from sandbox.cgroups.delegation import DELEGATED_FILES, Delegation, check
 from sandbox.errors import SandboxError
@@ -319,11 +319,11 @@ def _stat(mode: int, uid: int) -> os.stat_result:
 
 
 def test_a_private_directory_is_the_users_own_and_closed() -> None:
-    assert privilege.private_to(_stat(0o040700, 1000), 1000)
-    assert not privilege.private_to(_stat(0o040700, 1001), 1000)  # made by another user first
-    assert not privilege.private_to(_stat(0o040750, 1000), 1000)
-    assert not privilege.private_to(_stat(0o041777, 1000), 1000)
-    assert not privilege.private_to(_stat(0o120777, 1000), 1000)  # a symbolic link (lstat)
+    assert userdirs.private_to(_stat(0o040700, 1000), 1000)
+    assert not userdirs.private_to(_stat(0o040700, 1001), 1000)  # made by another user first
+    assert not userdirs.private_to(_stat(0o040750, 1000), 1000)
+    assert not userdirs.private_to(_stat(0o041777, 1000), 1000)
+    assert not userdirs.private_to(_stat(0o120777, 1000), 1000)  # a symbolic link (lstat)
 
 
 def test_runtime_dir_without_xdg_falls_back_to_a_private_one(tmp_path: Path) -> None:
@@ -332,7 +332,7 @@ def test_runtime_dir_without_xdg_falls_back_to_a_private_one(tmp_path: Path) -> 
     got = privilege.runtime_dir(uid, {"TMPDIR": str(tmp_path)})
     if got != f"/run/user/{uid}":  # logind's, where this machine has it
         assert got == str(tmp_path / f"sandbox-run-{uid}")
-        assert privilege.private_to(os.lstat(got), uid)
+        assert userdirs.private_to(os.lstat(got), uid)
         assert privilege.runtime_dir(uid, {"TMPDIR": str(tmp_path)}) == got  # the same one again
     # a name someone else made first (here: open to all) is refused, never used
     other = tmp_path / "o"
@@ -367,6 +367,13 @@ def test_a_delegation_without_memory_or_pids_is_not_chosen() -> None:
     why = check(1000, "v2", D, DELEGATED_BY_SYSTEMD, "cpu pids")
     assert why == f"the delegated cgroup {D} offers no memory controller to its children"
     assert isinstance(check(1000, "v2", D, DELEGATED_BY_SYSTEMD, ""), str)
+
+
+def test_a_read_only_cgroup_mount_is_no_delegation() -> None:
+    """Inside a delegated sandbox's job the tree is read-only: a nested launch there is
+    not delegated (it would fail to make its cgroup) and goes on without one."""
+    why = check(1000, "v2", D, DELEGATED_BY_SYSTEMD, "cpu memory pids", writable=False)
+    assert why == f"the cgroup {D} is on a read-only mount (inside a sandbox?)"
 
 
 def test_the_hybrid_layout_is_never_delegated() -> None:
