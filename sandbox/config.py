@@ -45,6 +45,18 @@ def _limits_policy(text: str) -> str:
     return limits_policy(text)
 
 
+def _tracking(text: str) -> str:
+    from .options import tracking_mode
+
+    return tracking_mode(text)
+
+
+def _gid_range(text: str) -> range:
+    from .proctree import parse_gid_range
+
+    return parse_gid_range(text)
+
+
 def _dev(text: str) -> str:
     from .options import dev_mode
 
@@ -75,6 +87,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("tmp_size", lambda v: parse_size(v, "tmp size"), "default --tmp-size", "--tmp-size"),
     Setting("limits", _limits_policy, "enforce or best-effort: limits without a cgroup", "--limits"),
     Setting("cgroup_parent", str, "default --cgroup-parent", "--cgroup-parent"),
+    Setting("tracking", _tracking, "default --tracking (auto, cgroup, pidns or process-tree)", "--tracking"),
+    Setting("tracking_gids", _gid_range, "GIDs (FIRST-LAST) root's process-tree jobs are tagged with"),
     Setting("timeout", lambda v: parse_seconds(v, "timeout"), "default --timeout", "--timeout"),
     Setting("kill_grace", lambda v: parse_seconds(v, "kill grace"), "default --kill-grace", "--kill-grace"),
     Setting("from_slurm", _bool, "take --mem/--cpus from the Slurm allocation", "--from-slurm"),
@@ -97,8 +111,8 @@ def _builtin_default(key: str) -> Any:
         return 10.0
     if key == "from_slurm":
         return False
-    if key in ("dev", "seccomp", "devices"):
-        return {"dev": "host", "seccomp": "default", "devices": ()}[key]
+    if key in ("dev", "seccomp", "devices", "tracking", "tracking_gids"):
+        return {"dev": "host", "seccomp": "default", "devices": (), "tracking": "auto", "tracking_gids": None}[key]
     from .privilege import current  # state_dir, accounting_log: where depends on the mode
 
     return current().builtin_default(key)
@@ -287,6 +301,7 @@ def apply(opts: dict[str, Any]) -> dict[str, Any]:
             out[s.key] = eff[s.key].value
     out["accounting_log"] = eff["accounting_log"].value or None
     out["site_devices"] = eff["devices"].value
+    out["tracking_gids"] = eff["tracking_gids"].value
     out["labels"] = tuple(eff["labels"].value.items())
     return out
 
@@ -306,6 +321,8 @@ def describe(eff: Mapping[str, Value]) -> list[tuple[str, str, str]]:
             text = f"{format_bytes(value)} ({value})"
         elif key == "devices":
             text = ", ".join(f"{p}:{a}" for p, a in value) or "-"
+        elif isinstance(value, range):
+            text = f"{value.start}-{value.stop - 1}"
         else:
             text = str(value)
         rows.append((key, text, source))

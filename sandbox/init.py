@@ -96,6 +96,11 @@ class InitConfig(NamedTuple):
     seccomp: sc.PreparedFilter | None = None  # compiled before the fork; None: --seccomp none
     pty_slave: int = -1  # the job's own terminal (terminal.py), or -1
     pty_replace: tuple[int, ...] = ()  # which of fds 0-2 it replaces
+    # without a PID namespace (process-tree tracking, sandbox/ptree.py)
+    pid_namespace: bool = True  # False: not PID 1, kill(-1) would reach the whole host
+    env: tuple[tuple[str, str], ...] = ()  # the family's marker, set in the job's environment
+    extra_groups: tuple[int, ...] = ()  # the family's GID, a supplementary group of the job
+    no_new_privs: bool = False  # before the filter: no capability lets us install it otherwise
 
 
 def _fail(err_w: int, step: Step, e: BaseException) -> NoReturn:
@@ -127,6 +132,8 @@ def main(cfg: InitConfig) -> NoReturn:
         step = ARM_PARENT_DEATH
         sc.set_parent_death_signal(signal.SIGKILL)
         sc.set_name("sandbox-init")
+        if not cfg.pid_namespace:  # the job's orphans come to us: reaped, their rusage ours
+            sc.set_child_subreaper()
         # The launcher may have died before the line above (the first cgroup write can
         # block for an RCU grace period): then the signal was never armed. Its end of
         # the go pipe tells: no go byte, or a hang-up behind it, means it is gone.
@@ -138,7 +145,7 @@ def main(cfg: InitConfig) -> NoReturn:
             os._exit(125)
         os.close(cfg.go_r)
         step = CREATE_NAMESPACES
-        sc.unshare(cfg.unshare_flags)
+        sc.unshare(cfg.unshare_flags)  # 0 without namespaces: a no-op
         # procfs resolves /proc/self in its own PID namespace: kept open across the
         # remount below, the host's instance tells the job its host PID.
         host_proc = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -167,7 +174,7 @@ def main(cfg: InitConfig) -> NoReturn:
     if cfg.pty_slave >= 0:
         os.close(cfg.pty_slave)  # the job's alone: the relay sees EIO when the job is gone
     _send(cfg.status_w, wire.JOB_NS_PID, job)
-    _reap(cfg.status_w, job)
+    _reap(cfg.status_w, job, cfg.pid_namespace)
 
 
 def _close_inherited(cfg: InitConfig) -> None:
@@ -179,7 +186,7 @@ def _close_inherited(cfg: InitConfig) -> None:
                       cfg.pty_slave})
 
 
-def _reap(status_w: int, job: int) -> NoReturn:
+def _reap(status_w: int, job: int, pid_namespace: bool = True) -> NoReturn:
     main_status: int | None = None
     while True:
         info = signal.sigwaitinfo(WAITED)
@@ -203,6 +210,11 @@ def _reap(status_w: int, job: int) -> NoReturn:
                 break
             if pid == job:
                 main_status = status
+                if not pid_namespace:
+                    # Not PID 1: the launcher ends the family (it knows its members), and
+                    # we reap what it kills until nothing is left below us.
+                    _send(status_w, wire.FINAL_STATUS, main_status, _children_maxrss_kb())
+                    continue
                 # The main process is gone: so is the job. kill(-1) from PID 1 reaches
                 # every other process in the namespace, double-forked daemons included.
                 try:
@@ -230,6 +242,10 @@ def _exec_job(cfg: InitConfig, host_proc: int) -> NoReturn:
         # fds 0-2 or an open of /dev/tty, and what it types runs outside the sandbox.
         # A session of its own has no controlling terminal (/dev/tty gives ENXIO).
         os.setsid()
+        for key, value in cfg.env:
+            os.environ[key] = value
+        if cfg.extra_groups and cfg.creds is None:
+            os.setgroups([*os.getgroups(), *cfg.extra_groups])
         if cfg.pty_slave >= 0:
             sc.take_controlling_terminal(cfg.pty_slave)
             for fd in cfg.pty_replace:
@@ -263,6 +279,8 @@ def _exec_job(cfg: InitConfig, host_proc: int) -> NoReturn:
             # Last, so that no step above runs filtered; the kernel takes it after
             # no_new_privs (a --user job) or from CAP_SYS_ADMIN (a root job).
             step = SECCOMP
+            if cfg.no_new_privs:
+                sc.set_no_new_privs()
             sc.install_seccomp(cfg.seccomp)
         step = EXECUTE.about(cfg.argv[0])
         os.execvp(cfg.argv[0], list(cfg.argv))

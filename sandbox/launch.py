@@ -28,9 +28,10 @@ def launch(command: tuple[str, ...], opts: dict[str, Any]) -> int:
         spec = build_spec(command, opts)
         from .privilege import current
 
-        privilege = current()
+        privilege = current(opts.get("tracking") or "auto", opts.get("tracking_gids"))
         privilege.check_usable()  # e.g. without root or the switchboard, user namespaces
         privilege.check_limits(spec.limits, spec.best_effort)  # refused before anything is made
+        privilege.check_isolation(spec)  # without namespaces: what only a namespace gives
     except errors.SandboxError as e:
         _report_failure(command, opts, e)
         raise

@@ -85,6 +85,15 @@ def _report_format(text: str) -> str:
     return text
 
 
+TRACKING_MODES = ("auto", "cgroup", "pidns", "process-tree")
+
+
+def tracking_mode(text: str) -> str:
+    if text not in TRACKING_MODES:
+        raise ValueError(f"invalid tracking {text!r}: expected auto, cgroup, pidns or process-tree")
+    return text
+
+
 LIMIT_POLICIES = ("enforce", "best-effort")
 
 
@@ -120,6 +129,9 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option(("--cpus",), "cpus", "CPU quota, in CPUs (0.5, 2, ...).", "X", parse_cpus),
     Option(("--limits",), "limits", "enforce [default]: refuse limits this host cannot enforce (no cgroup); "
            "best-effort: run anyway, the report names them in limits_not_enforced.", "POLICY", limits_policy),
+    Option(("--tracking",), "tracking", "What holds the job's processes together: auto [default], cgroup, "
+           "pidns (a PID namespace), or process-tree (no cgroup, no namespace: the tree, an environment marker "
+           "and, for root, a GID of the site's tracking_gids).", "MODE", tracking_mode),
     Option(("--tmp-size",), "tmp_size",
            "Bound on the private /tmp, /var/tmp and /dev/shm together (tmpfs: RAM charged to the job).",
            "SIZE", lambda v: parse_size(v, "tmp size")),

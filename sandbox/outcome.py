@@ -129,8 +129,8 @@ def build_report(
         error=facts.exec_error[1] if facts.exec_error else launch.cleanup_error,
         tracking=cg.tracking if cg is not None else None,
         labels=dict(spec.labels),
-        extra=_not_enforced(cg),
-    ).with_usage(usage, facts.maxrss_kb)
+        extra={**_not_enforced(cg), **(cg.report_extra() if cg is not None else {})},
+    ).with_usage(usage, max(facts.maxrss_kb or 0, getattr(cg, "peak_rss_kb", 0)) or None)
 
 
 def _not_enforced(cg: JobCgroup | None) -> dict[str, object]:

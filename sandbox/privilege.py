@@ -19,6 +19,8 @@ A launcher runs in one of these modes, chosen once when it starts:
   no cgroup at all: the job's PID namespace is its family (sandbox/tracking.py).
   Limits only a cgroup enforces are refused, with the reason and the fix, unless the
   caller allows them to go unenforced (--limits best-effort).
+- Process tree (ptree_mode.py): no user namespace either, or --tracking process-tree:
+  no namespace; the family is the tree, a marker and, for root, a GID (ptree.py).
 
 Everything that differs between the modes is a method here, so another mode is one more class, not one more `if`
 in every module. Nothing else in sandbox/ reads the uid (tests/unit/test_architecture.py checks it).
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
     from .cgroups.layout import Layout
     from .limits import Limits
     from .records import State
+    from .spec import JobSpec
 
 SYSTEM_STATE_DIR = "/run/sandbox"
 SYSTEM_ACCOUNTING_LOG = "/var/log/sandbox/accounting.jsonl"
@@ -50,6 +53,8 @@ class Privilege(ABC):
     # The job runs as the uid that owns its cgroup's limit files (see Delegated): its
     # view of the cgroup filesystem must then be read-only, or it could raise its limits.
     job_owns_its_cgroup: ClassVar[bool] = False
+    namespaces: ClassVar[bool] = True  # False: process-tree tracking, no namespace at all (ptree_mode.py)
+    seccomp_needs_no_new_privs: ClassVar[bool] = False  # the job has no capability to install a filter
 
     def __init__(self, uid: int, euid: int, egid: int) -> None:
         self.uid = uid  # the real uid: whose sandbox it is, recorded in its state
@@ -63,6 +68,11 @@ class Privilege(ABC):
     def check_limits(self, limits: Limits, best_effort: bool) -> None:
         """Raise SandboxError, before anything is made, for limits this mode cannot
         enforce (unless best_effort: then the report names them). A cgroup enforces all."""
+        return None
+
+    def check_isolation(self, spec: JobSpec) -> None:
+        """Raise SandboxError, before anything is made, for isolation asked for that this
+        mode cannot give (every mode with namespaces gives all)."""
         return None
 
     @abstractmethod
@@ -153,8 +163,9 @@ class Root(Privilege):
     name = "root"
     device_rules = True  # only root: a v2 device program needs CAP_SYS_ADMIN; the others' jobs are in a user namespace
 
-    def __init__(self, uid: int, euid: int, egid: int) -> None:
+    def __init__(self, uid: int, euid: int, egid: int, tracking: str = "auto") -> None:
         super().__init__(uid, euid, egid)
+        self.tracking = tracking  # --tracking: "pidns" forces the PID namespace, "cgroup" a cgroup
         self._no_cgroup: str | None = None  # why no cgroup can be made, once asked
         self._asked = False
 
@@ -164,11 +175,12 @@ class Root(Privilege):
         if not self._asked:
             from .cgroups import unusable
 
-            self._no_cgroup, self._asked = unusable(), True
+            self._no_cgroup, self._asked = ("--tracking pidns" if self.tracking == "pidns" else unusable()), True
         return self._no_cgroup
 
     def check_usable(self) -> None:
-        pass
+        if self.tracking == "cgroup" and self.no_cgroup() is not None:
+            raise SandboxError(f"--tracking cgroup: {self.no_cgroup()}", EXIT_SANDBOX_FAILED)
 
     def check_limits(self, limits: Limits, best_effort: bool) -> None:
         from .tracking import refuse_unenforced
@@ -349,21 +361,39 @@ def delegation(uid: int) -> Delegation | str:
     return find(uid)
 
 
-def current() -> Privilege:
-    """The mode of this process, from its effective ids, whether its own cgroup is
-    delegated to it and whether the switchboard will serve it: decided here and
-    nowhere else."""
+def current(tracking: str = "auto", gids: range | None = None) -> Privilege:
+    """The mode of this process, from its effective ids, its delegated cgroup, the
+    switchboard and the kernel's user namespaces, or as `tracking` (--tracking) forces
+    it; `gids`: the site's tracking_gids, for root's process-tree mode. Decided here
+    and nowhere else."""
     uid, euid, egid = os.getuid(), os.geteuid(), os.getegid()
+    if tracking == "process-tree":
+        from .ptree_mode import ProcessTree, RootProcessTree
+
+        if euid == 0:
+            return RootProcessTree(uid, euid, egid, gids)
+        return ProcessTree(uid, euid, egid, "--tracking process-tree")
     if euid == 0:
-        return Root(uid, euid, egid)
-    if uid == euid:  # files it makes are its real uid's, whose sandbox it is
+        return Root(uid, euid, egid, tracking)
+    if uid == euid and tracking != "pidns":  # files it makes are its real uid's, whose sandbox it is
         found = delegation(uid)
         if not isinstance(found, str):
             return Delegated(uid, euid, egid, found)
     from .switchboard.client import check_access
 
     try:
+        if tracking == "pidns":
+            raise SandboxError("--tracking pidns")
         check_access(uid)
     except SandboxError as e:
+        if tracking == "cgroup":
+            raise SandboxError(f"--tracking cgroup: this user has no cgroup ({e.message})") from None
+        from .ns import user as userns
+
+        problem = userns.unavailable() if tracking == "auto" else None
+        if problem is not None:
+            from .ptree_mode import ProcessTree
+
+            return ProcessTree(uid, euid, egid, f"{e.message}; and {problem}")
         return Rootless(uid, euid, egid, e.message)
     return SwitchboardMember(uid, euid, egid)

@@ -146,7 +146,7 @@ class Report(NamedTuple):
     ended_at: float | None
     argv: tuple[str, ...]
     error: str | None
-    tracking: str | None = None  # "cgroup" or "pidns": what held the job's processes together
+    tracking: str | None = None  # "cgroup", "pidns" or "process-tree": what held the job's processes together
     labels: Mapping[str, str] = _EMPTY
     extra: Mapping[str, Any] = _EMPTY  # keys beyond these (memory_peak_source, ...)
 
@@ -302,6 +302,10 @@ class State(NamedTuple):
     accounting_log: str | None = None
     memory_limit_bytes: int | None = None
     cpu_limit_cpus: float | None = None
+    # a job without a cgroup: "pidns", or "process-tree" with what finds its family
+    tracking: str | None = None
+    marker: str | None = None  # the token of its environment marker
+    tracking_gid: int | None = None  # its supplementary group (root's process-tree jobs)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], name: str | None = None) -> "State":
@@ -339,6 +343,12 @@ class State(NamedTuple):
         object its launcher holds), on `layout` (detected if None)."""
         from .cgroups import detect, job_cgroup
 
+        if self.cgroup is None and not self.cgroup_paths and self.tracking == "process-tree":
+            from .ptree import ProcessTreeJob
+
+            return ProcessTreeJob.restore(self.name, token=self.marker, gid=self.tracking_gid,
+                                          launcher_pid=self.launcher_pid, launcher_start=self.launcher_start,
+                                          init_pid=self.init_host_pid)
         if self.cgroup is None and not self.cgroup_paths:
             from .tracking import PidNamespaceJob
 

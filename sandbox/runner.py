@@ -78,6 +78,9 @@ class Launch:
 
     def _plan(self) -> list[mountns.SetupOp]:
         self.fs = setup.prepare_fs(self.spec, self.privilege)
+        # without namespaces (process-tree tracking) there is nothing to mount into
+        if not self.privilege.namespaces:
+            return []
         return mountns.plan(self.spec, self.fs, cgroups_read_only=self.privilege.job_owns_its_cgroup)
 
     def _make_cgroup(self) -> None:
@@ -96,7 +99,8 @@ class Launch:
         self.relay = setup.open_relay(self.spec)
         # only the launcher's life may hold the state's lock: init closes its copy
         held_fds = (self.held.fd,) if self.held is not None else ()
-        cfg = setup.init_config(self.spec, self.fs, ops, join_fds, pipes, relay=self.relay, held_fds=held_fds)
+        cfg = setup.init_config(self.spec, self.fs, ops, join_fds, pipes, relay=self.relay, held_fds=held_fds,
+                                privilege=self.privilege, cg=self.cg)
         pid = spawn.fork_init(cfg, self.privilege)
         self.init_pid = pid
         self.init_forked = pid
@@ -152,6 +156,7 @@ class Launch:
             paths, primary, version = cg.paths(), cg.recorded_path(), cg.recorded_version()
         except (OSError, CgroupError, AttributeError):  # a delegated cgroup's are known once made
             paths, primary, version = {}, None, None
+        tracking, marker, gid = cg.tracking_record()
         return records.State(
             name=spec.name,
             uid=self.privilege.uid,
@@ -170,6 +175,9 @@ class Launch:
             accounting_log=os.path.abspath(spec.accounting_log) if spec.accounting_log else None,
             memory_limit_bytes=spec.limits.memory_bytes,
             cpu_limit_cpus=spec.limits.cpus,
+            tracking=tracking,
+            marker=marker,
+            tracking_gid=gid,
         )
 
     def _update_state(self) -> None:

@@ -13,6 +13,7 @@ from . import syscalls as sc
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from .cgroups import JobCgroup
     from .limits import Limits
     from .ns.mount import SetupOp
     from .paths import Prepared
@@ -53,8 +54,15 @@ def job_limits(spec: JobSpec, fs: Prepared | None, device_rules: bool = True) ->
 
 def init_config(
     spec: JobSpec, fs: Prepared | None, ops: list[SetupOp], join_fds: list[int], pipes: Pipes, *,
-    relay: Relay | None, held_fds: tuple[int, ...] = (),
+    relay: Relay | None, held_fds: tuple[int, ...] = (), privilege: Privilege | None = None,
+    cg: JobCgroup | None = None,
 ) -> init.InitConfig:
+    """What init is given. Without namespaces (privilege.namespaces False: process-tree
+    tracking) the plan has no namespace and no mount step at all, and the job carries
+    the marks its family is found by (cg.job_marks())."""
+    namespaces = privilege is None or privilege.namespaces
+    env, groups = cg.job_marks() if cg is not None else ((), ())
+    creds = (spec.user.uid, spec.user.gid, (*spec.user.groups, *groups)) if spec.user is not None else None
     close_in_child = [pipes.err_r, pipes.status_r, pipes.go_w, pipes.wake_r, pipes.wake_w, *held_fds]
     if spec.report_fd is not None:
         close_in_child.append(spec.report_fd)
@@ -67,16 +75,20 @@ def init_config(
         status_w=pipes.status_w,
         go_r=pipes.go_r,
         close_fds=tuple(close_in_child),
-        unshare_flags=UNSHARE_FLAGS | _isolation_flags(spec),
-        mount_ops=tuple(ops),
+        unshare_flags=UNSHARE_FLAGS | _isolation_flags(spec) if namespaces else 0,
+        mount_ops=tuple(ops) if namespaces else (),
         hostname=spec.hostname,
-        creds=(spec.user.uid, spec.user.gid, spec.user.groups) if spec.user is not None else None,
+        creds=creds,
         last_cap=_last_cap() if spec.user is not None else 0,
-        net_setup=_net_setup(spec),
+        net_setup=_net_setup(spec) if namespaces else None,
         fs_fds=fs.fds() if fs is not None else (),
         **hardening.prepare(spec),
         pty_slave=relay.slave if relay is not None else -1,
         pty_replace=relay.replace if relay is not None else (),
+        pid_namespace=namespaces,
+        env=env,
+        extra_groups=groups,
+        no_new_privs=not namespaces and privilege is not None and privilege.seccomp_needs_no_new_privs,
     )
 
 

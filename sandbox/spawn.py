@@ -48,8 +48,9 @@ def fork_init(cfg: init.InitConfig, privilege: Privilege) -> int:
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     # After this, our next child is PID 1 of a new PID namespace. A launcher runs
     # one sandbox, so nothing else of ours is ever forked into it.
-    privilege.before_pid_namespace()  # without root: the user namespace
-    sc.unshare(sc.CLONE_NEWPID)
+    if privilege.namespaces:
+        privilege.before_pid_namespace()  # without root: the user namespace
+        sc.unshare(sc.CLONE_NEWPID)
     pid = os.fork()
     if pid == 0:
         try:

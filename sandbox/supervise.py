@@ -151,7 +151,10 @@ class Supervisor:
             elif kind == wire.JOB_HOST_PID:
                 self.facts.job_host_pid = values[0]
             elif kind == wire.FINAL_STATUS:
+                first = self.facts.main_status is None
                 self.facts.main_status, self.facts.maxrss_kb = values
+                if first:
+                    self.cg.main_exited()  # without a PID namespace, the launcher ends the family
 
     def _forward(self, signum: int) -> None:
         try:

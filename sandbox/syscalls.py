@@ -62,6 +62,12 @@ def set_parent_death_signal(sig: int = signal.SIGKILL) -> None:
     prctl.set_pdeathsig(sig)
 
 
+def set_child_subreaper() -> None:
+    """Orphans below this process are reparented to it, not to the system's init (or
+    an outer subreaper): without a PID namespace, what keeps a job's family below us."""
+    prctl.set_child_subreaper(1)
+
+
 def set_name(name: str) -> None:
     """The comm shown by ps (15 bytes): lets an admin tell init from the launcher."""
     prctl.set_name(name)

@@ -294,6 +294,24 @@ class JobCgroup(ABC):
     def join_fds(self) -> list[int]:
         return [os.open(p, os.O_WRONLY | os.O_CLOEXEC) for p in self.join_files()]
 
+    def job_marks(self) -> tuple[tuple[tuple[str, str], ...], tuple[int, ...]]:
+        """What the job's processes carry to be found without a cgroup: environment
+        variables and supplementary groups (only process-tree tracking has any)."""
+        return (), ()
+
+    def main_exited(self) -> None:
+        """The job's main process is gone: a cgroup's job is ended by init, nothing here."""
+        return None
+
+    def tracking_record(self) -> tuple[str | None, str | None, int | None]:
+        """What the state record needs beyond the cgroup's directories to find the job:
+        (tracking, marker token, GID); a cgroup needs none."""
+        return None, None, None
+
+    def report_extra(self) -> dict[str, object]:
+        """Keys the report gets from the tracking (none for a cgroup)."""
+        return {}
+
     def destroy(self, timeout: float = 10.0) -> None:
         """Kill whatever is left and remove the cgroup."""
         if not self.exists():

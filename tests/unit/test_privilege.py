@@ -18,7 +18,7 @@ from sandbox.tracking import PidNamespaceJob, unenforced
 
 def _as(
     monkeypatch: pytest.MonkeyPatch, uid: int, euid: int, egid: int, refusal: str | None = None,
-    *, delegated: Delegation | str = "not delegated",
+    *, delegated: Delegation | str = "not delegated", userns: str | None = None, tracking: str = "auto",
 ) -> privilege.Privilege:
     """The mode of a process with these ids, for whom the switchboard says refusal
     (None: it serves them) and whose own cgroup is `delegated` (a str: why not)."""
@@ -34,7 +34,10 @@ def _as(
     monkeypatch.setattr(os, "getuid", lambda: uid)
     monkeypatch.setattr(os, "geteuid", lambda: euid)
     monkeypatch.setattr(os, "getegid", lambda: egid)
-    return privilege.current()
+    from sandbox.ns import user
+
+    monkeypatch.setattr(user, "unavailable", lambda: userns)  # why the kernel refuses one (None: it allows)
+    return privilege.current(tracking)
 
 
 NOT_MEMBER = "user u may not use the switchboard (/x): not a member of group 'sandbox'"
