@@ -170,7 +170,12 @@ class ProcessTreeJob(JobCgroup):
         try:
             self._end(10.0, spare=frozenset({self._init} if self._init else ()))
         except (OSError, CgroupError):
-            pass
+            # init would wait for the survivors for ever: it goes too, which ends the
+            # supervision; the teardown tries again and says what is left
+            try:
+                self._end(1.0)
+            except (OSError, CgroupError):
+                pass
 
     def kill(self, timeout: float = 10.0) -> None:
         self._end(timeout)
