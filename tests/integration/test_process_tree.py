@@ -329,3 +329,19 @@ def test_without_user_namespaces_an_ordinary_user_gets_process_tree(user: str) -
         assert refused.returncode == 125 and "max_user_namespaces" in refused.stderr, refused.stderr
     finally:
         path.write_text(old)
+
+
+def test_a_timeout_ends_a_family_that_ignores_sigterm(user: str, tmp_path: Path) -> None:
+    marker = f"sbtp-tmo-{uuid.uuid4().hex[:8]}"
+    report = tmp_path / "r.json"
+    env = {**os.environ, "SANDBOX_STATE_DIR": str(tmp_path / "state")}
+    script = f"(setsid sh -c 'trap \"\" TERM; sleep 300' {marker} &); trap '' TERM; sleep 300"
+    try:
+        r = subprocess.run([SANDBOX_RUN, "--tracking", "process-tree", "--timeout", "1", "--kill-grace", "0.5",
+                            "--report", str(report), "--", "sh", "-c", script],
+                           capture_output=True, text=True, timeout=60, check=False, env=env)
+        assert r.returncode == 124, r.stderr
+        assert _report(report)["status"] == "timed_out"
+        assert host_processes_with(marker) == []
+    finally:
+        cleanup(marker)

@@ -243,3 +243,19 @@ def test_kill_stops_and_kills_a_forking_family_and_reaps_it(monkeypatch: pytest.
             sh.kill()
             sh.wait()
         job.remove_dirs()
+
+
+def test_the_site_sets_the_tracking_and_the_gid_range(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sandbox import config
+
+    path = tmp_path / "sandbox.toml"
+    path.write_text('tracking = "process-tree"\ntracking_gids = "61000-61009"\n')
+    monkeypatch.setenv("SANDBOX_CONFIG", str(path))
+    opts = config.apply({"tracking": None})
+    assert opts["tracking"] == "process-tree" and opts["tracking_gids"] == range(61000, 61010)
+    assert config.apply({"tracking": "pidns"})["tracking"] == "pidns"  # the option wins
+    rows = {k: (v, src) for k, v, src in config.describe(config.effective())}
+    assert rows["tracking_gids"] == ("61000-61009", f"file:{path}")
+    path.write_text('tracking_gids = "10-20"\n')
+    with pytest.raises(SandboxError, match=r"tracking_gids: invalid GID range '10-20'"):
+        config.load_file(str(path))
