@@ -46,6 +46,8 @@ def lost_report(st: State, usage: Usage | None, now: float | None = None) -> dic
         cpu_limit_cpus=st.cpu_limit_cpus,
         error="the launcher died before the job ended; usage is what its cgroup held when it was reclaimed",
     )
+    if st.tracking is not None:  # no cgroup: what found the job's processes
+        r["tracking"] = st.tracking
     if usage is not None:
         r.update(
             cpu_user_seconds=usage.cpu_user_seconds,
