@@ -254,17 +254,25 @@ def launcher_alive(data: dict[str, Any], directory: str | None = None) -> bool:
     name = data.get("name")
     if not isinstance(name, str):
         return False
+    # a shared lock of ours conflicts only with an exclusive one: the launcher's (a
+    # reader's shared lock says nothing), or an older version's gc
+    state, claim = path_for(name, directory), _claim_path(name, directory)
+    return _conflicts(state, fcntl.LOCK_SH) or _conflicts(claim, fcntl.LOCK_EX)
+
+
+def _conflicts(path: str, op: int) -> bool:
+    """Does somebody hold a lock on `path` that a lock `op` of ours would conflict with?"""
     try:
-        fd = os.open(path_for(name, directory), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, op | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
     finally:
         os.close(fd)
-    return _claim_held(name, directory)
+    return False
 
 
 # A gc's claim on a stale sandbox is a lock on a file of its own, beside the state, that
@@ -278,20 +286,6 @@ CLAIM = ".claim"
 
 def _claim_path(name: str, directory: str | None) -> str:
     return os.path.join(directory or state_dir(), f".{name}{CLAIM}")
-
-
-def _claim_held(name: str, directory: str | None) -> bool:
-    try:
-        fd = os.open(_claim_path(name, directory), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 def _same_file(path: str, fd: int) -> bool:
