@@ -7,7 +7,9 @@ is kept small and self-contained: standard library only, never the `sandbox` pac
 (a checkout is user-writable), started by a setuid wrapper with a clean environment
 as `/usr/bin/python3 -I -S -B`. One request per invocation: a JSON object on stdin,
 a JSON reply on stdout, or a refusal: exit 1 (2 for a broken installation) and one
-line on stderr. Every request is logged, granted or refused.
+line on stderr; or a launcher's session (see `serve`): one request per line, one reply
+line each, and at EOF the session's sandbox destroyed. Every request is logged, granted
+or refused.
 
 The policy is pure functions over text and data, unit-tested without root and checked
 against the launcher's own cgroup backends (tests/unit/test_switchboard_*.py):
@@ -1500,44 +1502,197 @@ def _close_state_fd() -> None:
         pass
 
 
-def main(config_path: str = CONFIG) -> int:
-    caller = Caller()
+# -- framing: one request per invocation, or a session -------------------------------------
+#
+# A one-shot caller writes one request and closes stdin: the reply is on stdout (exit 0),
+# a refusal one line on stderr (exit 1, 2 for a broken installation). A launcher's agent
+# instead opens a session with the line SESSION_OPEN and then sends one request per line,
+# each answered by one line on stdout, a refusal included ({"ok": false, "error": ...}),
+# until EOF. Each request is checked as a one-shot one is (the config reloaded, the caller
+# allowed, the request parsed, the op's own ownership checks, logged); what the session
+# adds is its binding: it makes at most one sandbox, and at EOF, the launcher gone (even
+# by SIGKILL: the kernel closes its pipe), it destroys that sandbox unless it was
+# destroyed in the session. The caller's identity is still the kernel's real uid.
+
+SESSION_OPEN = {"version": VERSION, "op": "session"}
+
+
+class Lines:
+    """Our stdin as lines of at most MAX_REQUEST bytes: a longer one is returned cut to
+    MAX_REQUEST + 1 bytes (enough for parse_request to refuse it) and its rest skipped
+    up to its newline, so no caller makes us hold more than that."""
+
+    def __init__(self, fd: int = 0) -> None:
+        self.fd, self.buf, self.eof, self.skip = fd, b"", False, False
+
+    def line(self) -> bytes | None:
+        """The next line with its newline, the last one without, None at the end."""
+        while True:
+            nl = self.buf.find(b"\n")
+            if self.skip:
+                self.buf, self.skip = (b"", True) if nl < 0 else (self.buf[nl + 1:], False)
+                if not self.skip:
+                    continue
+            elif nl >= 0:
+                line, self.buf = self.buf[:nl + 1], self.buf[nl + 1:]
+                return line[:MAX_REQUEST + 1]
+            elif len(self.buf) > MAX_REQUEST:
+                line, self.buf, self.skip = self.buf[:MAX_REQUEST + 1], b"", True
+                return line
+            if self.eof:
+                line, self.buf = self.buf, b""
+                return line or None
+            data = os.read(self.fd, 65536)
+            self.eof = not data
+            self.buf += data
+
+    def rest(self, have: int) -> bytes:
+        """What is left up to EOF, at most MAX_REQUEST + 1 - have bytes (a one-shot request)."""
+        out = self.buf
+        while not self.eof and have + len(out) <= MAX_REQUEST:
+            data = os.read(self.fd, 65536)
+            self.eof = not data
+            out += data
+        self.buf = b""
+        return out[:max(0, MAX_REQUEST + 1 - have)]
+
+
+def opens_session(line: bytes) -> bool:
+    try:
+        req = json.loads(line)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    return req == SESSION_OPEN and type(req.get("version")) is int
+
+
+class Session:
+    """What a session binds: the one sandbox it made, and whether it is still there."""
+
+    def __init__(self) -> None:
+        self.made: str | None = None  # the name this session created
+        self.live = False  # ... and has not destroyed
+
+    def check(self, req: dict[str, object]) -> None:
+        if req["op"] == "create" and self.made is not None:
+            raise Refusal(f"this session already made sandbox {self.made}: one sandbox per session")
+
+    def done(self, req: dict[str, object]) -> None:
+        if req["op"] == "create":
+            self.made, self.live = str(req["name"]), True
+        elif req["op"] in ("destroy", "reclaim") and req["name"] == self.made:
+            self.live = False
+
+
+def _refusal_text(e: BaseException) -> str:
+    if isinstance(e, (Refusal, Broken)):
+        return str(e).replace("\n", " ")
+    # Anything else is a bug: still one line and a log entry, never a traceback
+    # (a root traceback would show the caller our internals and state).
+    return f"internal error: {type(e).__name__}: {e}".replace("\n", " ")
+
+
+def _log_refusal(log: Log | None, caller: Caller, req: dict[str, object] | None, raw: bytes, reason: str, *,
+                 note: str = "") -> None:
+    what = req["op"] if req else "request"
+    try:
+        entry = f"uid={caller.uid}({caller.user}) op={what} args={_summary(req, raw)}{note} REFUSED: {reason}"
+        (log or Log({})).write(entry)
+    except (OSError, Broken):
+        pass
+
+
+def handle(caller: Caller, config_path: str, raw: bytes, session: Session | None = None,
+           note: str = "") -> tuple[int, dict[str, object] | str]:
+    """One request, checked and done as if it came alone: (0, the reply), or (1 for a
+    refusal, 2 for a broken installation, the reason). Logged either way."""
     log: Log | None = None
     req: dict[str, object] | None = None
-    raw = b""
     try:
-        harden()
         cfg = load_config(config_path)
         log = Log(cfg)
-        raw = sys.stdin.buffer.read(MAX_REQUEST + 1)
         if not caller.allowed(cfg):
             raise Refusal(f"user {caller.user} is not allowed to use the switchboard")
         req = parse_request(raw)
-        if req["op"] != "reclaim":
+        if session is not None:
+            session.check(req)
+        elif req["op"] != "reclaim":
             _close_state_fd()
         op = {"create": op_create, "attach": op_attach, "destroy": op_destroy, "reclaim": op_reclaim}[str(req["op"])]
         reply = op(cfg, caller, req)
     except (Refusal, Broken, Exception) as e:
-        # Anything else is a bug: still one line and a log entry, never a traceback
-        # (a root traceback would show the caller our internals and state).
-        if isinstance(e, (Refusal, Broken)):
-            reason = str(e).replace("\n", " ")
-        else:
-            reason = f"internal error: {type(e).__name__}: {e}".replace("\n", " ")
-        what = req["op"] if req else "request"
-        try:
-            entry = f"uid={caller.uid}({caller.user}) op={what} args={_summary(req, raw)} REFUSED: {reason}"
-            (log or Log({})).write(entry)
-        except (OSError, Broken):
-            pass
-        sys.stderr.write(f"sandbox-switchboard: {reason}\n")
-        return 1 if isinstance(e, Refusal) else 2
-    assert log is not None
+        reason = _refusal_text(e)
+        _log_refusal(log, caller, req, raw, reason, note=note)
+        return (1 if isinstance(e, Refusal) else 2), reason
+    if session is not None:
+        session.done(req)
     try:
-        log.write(f"uid={caller.uid}({caller.user}) op={req['op']} args={_summary(req, raw)} OK {json.dumps(reply)}")
+        log.write(f"uid={caller.uid}({caller.user}) op={req['op']} args={_summary(req, raw)}{note} OK "
+                  f"{json.dumps(reply)}")
     except OSError as e:
         # done but not logged: say so loudly rather than pretend
-        sys.stderr.write(f"sandbox-switchboard: warning: cannot write the log: {e.strerror}\n")
+        if session is None:
+            sys.stderr.write(f"sandbox-switchboard: warning: cannot write the log: {e.strerror}\n")
+    return 0, reply
+
+
+def _reply_line(status: int, reply: dict[str, object] | str) -> bytes:
+    body = {"ok": True, **reply} if isinstance(reply, dict) else {"ok": False, "error": reply}
+    return json.dumps({"version": VERSION, **body}).encode() + b"\n"
+
+
+def _write_all(data: bytes) -> None:
+    while data:
+        data = data[os.write(1, data):]
+
+
+def serve(caller: Caller, config_path: str, lines: Lines) -> int:
+    """A session, until EOF; then its sandbox, if still there, is destroyed."""
+    _close_state_fd()  # reclaim is gc's, one-shot: a session has no state file to offer
+    session = Session()
+    talking = True  # the caller still reads our replies
+    status = 0
+    try:
+        _write_all(_reply_line(0, {"session": True}))
+    except OSError:
+        talking = False
+    while talking and (raw := lines.line()) is not None:
+        code, reply = handle(caller, config_path, raw, session)
+        try:
+            _write_all(_reply_line(code, reply))
+        except OSError:  # EPIPE (SIGPIPE is ignored): the launcher is gone, as at EOF
+            talking = False
+    if session.live and session.made is not None:
+        end = json.dumps({"version": VERSION, "op": "destroy", "name": session.made}).encode()
+        status, _ = handle(caller, config_path, end, session, note=" (end of session)")
+    return status
+
+
+def main(config_path: str = CONFIG) -> int:
+    caller = Caller()
+    try:
+        harden()
+    except (Broken, Exception) as e:
+        reason = _refusal_text(e)
+        _log_refusal(None, caller, None, b"", reason)
+        sys.stderr.write(f"sandbox-switchboard: {reason}\n")
+        return 2
+    lines = Lines()
+    first = lines.line() or b""
+    if opens_session(first):
+        try:
+            # its parser imported while the launcher is still busy (the agent opens the
+            # session as soon as the launcher knows it is a member); each request loads
+            # the config again, as a one-shot request does
+            load_config(config_path)
+        except (Broken, OSError):
+            pass  # each request says so
+        status = serve(caller, config_path, lines)
+        os._exit(status)  # every reply and log entry is written: no interpreter teardown
+    raw = first + lines.rest(len(first))
+    status, reply = handle(caller, config_path, raw)
+    if isinstance(reply, str):
+        sys.stderr.write(f"sandbox-switchboard: {reply}\n")
+        return status
     sys.stdout.write(json.dumps({"version": VERSION, "ok": True, **reply}) + "\n")
     return 0
 

@@ -29,21 +29,28 @@ def launch(command: tuple[str, ...], opts: dict[str, Any]) -> int:
         from .privilege import current
 
         privilege = current(opts.get("tracking") or "auto", opts.get("tracking_gids"))
-        privilege.check_usable()  # e.g. without root or the switchboard, user namespaces
-        privilege.check_limits(spec.limits, spec.best_effort)  # refused before anything is made
-        privilege.check_isolation(spec)  # without namespaces: what only a namespace gives
     except errors.SandboxError as e:
         _report_failure(command, opts, e)
         raise
-    if spec.report_path:
-        directory = os.path.dirname(os.path.abspath(spec.report_path))
-        if not os.access(directory, os.W_OK):
-            raise errors.SandboxError(f"--report: cannot write in {directory}")
-    if spec.report_fd is not None:
-        os.set_inheritable(spec.report_fd, False)
-    from .runner import run
+    try:
+        try:
+            privilege.check_usable()  # e.g. without root or the switchboard, user namespaces
+            privilege.check_limits(spec.limits, spec.best_effort)  # refused before anything is made
+            privilege.check_isolation(spec)  # without namespaces: what only a namespace gives
+        except errors.SandboxError as e:
+            _report_failure(command, opts, e)
+            raise
+        if spec.report_path:
+            directory = os.path.dirname(os.path.abspath(spec.report_path))
+            if not os.access(directory, os.W_OK):
+                raise errors.SandboxError(f"--report: cannot write in {directory}")
+        if spec.report_fd is not None:
+            os.set_inheritable(spec.report_fd, False)
+        from .runner import run
 
-    return run(spec, privilege, verbose=opts["verbose"])
+        return run(spec, privilege, verbose=opts["verbose"])
+    finally:
+        privilege.close()
 
 
 def build_spec(command: tuple[str, ...], opts: dict[str, Any]) -> JobSpec:

@@ -65,6 +65,9 @@ class Privilege(ABC):
     def check_usable(self) -> None:
         """Raise SandboxError, before anything is made, if this mode cannot launch."""
 
+    def close(self) -> None:  # noqa: B027  (most modes start nothing)
+        """End what check_usable started (a member's switchboard session)."""
+
     def check_limits(self, limits: Limits, best_effort: bool) -> None:
         """Raise SandboxError, before anything is made, for limits this mode cannot
         enforce (unless best_effort: then the report names them). A cgroup enforces all."""
@@ -227,44 +230,40 @@ class Root(Privilege):
 class SwitchboardMember(Privilege):
     name = "member"
 
-    def check_usable(self) -> None:
-        from .switchboard.client import check_access
+    agent: Any = None  # this launch's switchboard session (switchboard.client.Agent)
 
-        check_access(self.uid)  # the switchboard helper must be installed and ours to run
+    def check_usable(self) -> None:
+        from .switchboard.client import open_session
+
+        # installed and ours to run; started now, its interpreter's start overlaps our planning
+        self.agent = open_session(self.uid)
+
+    def close(self) -> None:
+        if self.agent is not None:
+            self.agent.close()  # EOF: the helper destroys a sandbox still standing, then ends
 
     def job_cgroup(self, name: str, parent: str | None) -> JobCgroup:
-        from .cgroups import CgroupError
-        from .switchboard.delegated import DelegatedCgroup
+        from .switchboard.delegated import member_cgroup
 
-        if parent is not None:
-            raise CgroupError("--cgroup-parent needs root: without it the switchboard's configured parent is used")
-        return DelegatedCgroup(name)
+        return member_cgroup(name, parent, self.agent)  # made by the switchboard, in this session
 
     def before_pid_namespace(self) -> None:
-        # A user namespace of our own gives us the right to make the others. After this
-        # no setuid bit works for us: the switchboard's agent, forked by cg.create(),
-        # talks to it from outside.
+        # A user namespace of our own gives us the right to make the others. After this no
+        # setuid bit works for us: the switchboard's session, spawned before, is outside it.
         from .ns import user as userns
 
         userns.enter(self.euid, self.egid)
 
     def hand_over(self, cg: JobCgroup, init_pid: int) -> None:
-        # A cgroup v2 move needs write access to the common ancestor, which is root's:
-        # the switchboard moves init into the cgroup before init may go on.
-        cg.attach(init_pid)
+        cg.attach(init_pid)  # by the switchboard (a v2 move needs the common ancestor: root's)
 
     def reclaim_stale(self) -> None:
         pass  # the switchboard's agent reclaims this user's own stale sandboxes
 
     def stale_cgroup(self, record: State, state_fd: int, layout: Layout | None) -> JobCgroup:
-        # The directories (or their parent) are root's: the switchboard removes them,
-        # once it has seen on the state file we hold that no launcher holds its lock.
-        cg = record.job_cgroup(layout)
-        if not record.cgroup_paths:
-            return cg
-        from .switchboard.delegated import StaleDelegatedCgroup
+        from .switchboard.delegated import stale_cgroup  # the switchboard's reclaim
 
-        return StaleDelegatedCgroup(cg, state_fd, layout)
+        return stale_cgroup(record, state_fd, layout)
 
     def state_dir(self) -> str:
         return os.path.join(runtime_dir(self.uid, os.environ), "sandbox")

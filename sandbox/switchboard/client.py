@@ -4,10 +4,11 @@ for what it cannot do itself.
 
 The launcher enters a user namespace of its own before it creates the PID namespace,
 and the kernel honours no setuid bit inside one. So the requests go through an
-*agent*: a process forked before that, which stays in the initial user namespace,
-runs the setuid wrapper once per request, and is in a session of its own. When the
-launcher dies, even by SIGKILL, the agent reads EOF and destroys the sandbox: an
-unprivileged user could not remove the root-owned cgroup directories otherwise.
+*agent*: the setuid helper itself, spawned before that in a session (setsid) of its
+own, which stays in the initial user namespace and serves the launcher's requests one
+per line. When the launcher dies, even by SIGKILL, the helper reads EOF and destroys
+the sandbox: an unprivileged user could not remove the root-owned cgroup directories
+otherwise. `sandbox gc` asks it once per request (`call`).
 """
 
 from __future__ import annotations
@@ -62,6 +63,15 @@ def check_access(uid: int) -> None:
         )
     if not st.st_mode & stat.S_ISUID or st.st_uid != 0:
         raise SandboxError(f"{path} is not a setuid-root program: reinstall with helpers/install-switchboard")
+
+
+def open_session(uid: int) -> Agent:
+    """The launcher's session with the switchboard, or one clear line why not."""
+    check_access(uid)
+    try:
+        return Agent()
+    except SwitchboardError as e:
+        raise SandboxError(str(e), EXIT_SANDBOX_FAILED) from None
 
 
 def call(request: dict[str, object], state_fd: int | None = None) -> dict[str, object]:
@@ -140,89 +150,109 @@ def reclaim(name: str, state_fd: int) -> None:
     call({"op": "reclaim", "name": name}, state_fd)
 
 
-def _agent_main(req_r: int, rep_w: int, name: str) -> None:
-    """The agent's loop: a JSON request per line in, a JSON reply per line out."""
-    import json
+SESSION_OPEN = b'{"version": 1, "op": "session"}\n'
 
-    destroyed = False
-    buf = b""
-    while True:
-        data = os.read(req_r, 65536)
-        if not data:
-            break
-        buf += data
-        while b"\n" in buf:
-            line, buf = buf.split(b"\n", 1)
-            # Nothing here may end the agent before its last duty (the destroy below).
-            try:
-                request = json.loads(line)
-                if not isinstance(request, dict):
-                    raise ValueError("not an object")
-                reply: dict[str, object] = call(request)
-            except SwitchboardError as e:
-                request, reply = {}, {"ok": False, "error": str(e)}
-            except (ValueError, OSError) as e:
-                request, reply = {}, {"ok": False, "error": f"bad request to the agent: {e}"}
-            if request.get("op") == "destroy" and reply.get("ok"):
-                destroyed = True
-            if request.get("op") == "create" and not reply.get("ok"):
-                destroyed = True  # nothing was made
-            os.write(rep_w, json.dumps(reply).encode() + b"\n")
-    # The launcher is gone. Whatever it did not tear down, we do.
-    if not destroyed:
-        try:
-            call({"op": "destroy", "name": name})
-        except SwitchboardError:
-            pass
+
+def _high(fd: int) -> int:
+    """`fd` moved to 10 or above: a file action's dup2 onto its own number would leave
+    it close-on-exec, and the wrapper's 0-3 are made from these."""
+    import fcntl
+
+    if fd >= 10:
+        return fd
+    try:
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    finally:
+        os.close(fd)
 
 
 class Agent:
-    """The forked process that talks to the switchboard on the launcher's behalf."""
+    """The switchboard helper itself, in a session serving this launcher's one sandbox:
+    the setuid wrapper spawned once, in a session (setsid) of its own so that a kill of
+    the launcher's process group leaves it to clean up, before the launcher enters its
+    user namespace (where no setuid bit works). Requests go one per line on its stdin,
+    replies come one per line. When the launcher dies, even by SIGKILL, the kernel
+    closes the pipe: the helper reads EOF and destroys the sandbox the session made.
+    Spawned as soon as the launcher knows it is a member, so the helper's interpreter
+    starts and imports on the second core while the launcher plans and prepares."""
 
-    def __init__(self, name: str) -> None:
-        req_r, req_w = os.pipe2(os.O_CLOEXEC)
-        rep_r, rep_w = os.pipe2(os.O_CLOEXEC)
-        pid = os.fork()
-        if pid == 0:
-            try:
-                os.setsid()  # a kill of the launcher's process group leaves us to clean up
-                devnull = os.open(os.devnull, os.O_RDWR)
-                for fd in (0, 1, 2):
-                    os.dup2(devnull, fd)
-                # keep no descriptor of the launcher's (its callers wait for EOF on them)
-                keep = sorted((req_r, rep_w))
-                os.closerange(3, keep[0])
-                os.closerange(keep[0] + 1, keep[1])
-                os.closerange(keep[1] + 1, 1 << 16)
-                _agent_main(req_r, rep_w, name)
-            finally:
-                os._exit(0)
-        os.close(req_r)
-        os.close(rep_w)
-        self.pid = pid
-        self.req_w = req_w
-        self.rep_r = rep_r
+    def __init__(self) -> None:
+        path = wrapper_path()
+        ends = [os.pipe2(os.O_CLOEXEC) for _ in range(3)]
+        (in_r, in_w), (out_r, out_w), (err_r, err_w) = [(_high(r), _high(w)) for r, w in ends]
+        null = _high(os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC))
+        try:
+            # descriptor 3 is /dev/null: the wrapper passes 3 on (reclaim's), a session has none
+            actions = [(os.POSIX_SPAWN_DUP2, in_r, 0), (os.POSIX_SPAWN_DUP2, out_w, 1),
+                       (os.POSIX_SPAWN_DUP2, err_w, 2), (os.POSIX_SPAWN_DUP2, null, 3)]
+            self.pid = os.posix_spawn(path, [path], {}, file_actions=actions, setsid=True)
+        except OSError as e:
+            for fd in (in_w, out_r, err_r):
+                os.close(fd)
+            raise SwitchboardError(f"cannot run the switchboard: {e.strerror or e}") from None
+        finally:
+            for fd in (in_r, out_w, err_w, null):
+                os.close(fd)
+        self.req_w, self.rep_r, self.err_r = in_w, out_r, err_r
         self.buf = b""
+        self.opened = False  # the reply to SESSION_OPEN is read with the first request's
+        self._send(SESSION_OPEN)
+
+    def _send(self, line: bytes) -> None:
+        try:
+            os.write(self.req_w, line)  # a line is far below a pipe's capacity
+        except OSError:
+            pass  # the helper is gone: the reply's EOF says why
+
+    def _reply(self) -> dict[str, object]:
+        import json
+
+        while b"\n" not in self.buf:
+            data = os.read(self.rep_r, 65536)
+            if not data:
+                raise SwitchboardError(self._why_gone())
+            self.buf += data
+        line, self.buf = self.buf.split(b"\n", 1)
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            raise SwitchboardError("the switchboard sent an unreadable reply") from None
+        if not isinstance(reply, dict):
+            raise SwitchboardError("the switchboard sent an unexpected reply")
+        return reply
+
+    def _why_gone(self) -> str:
+        """The helper ended without a reply: its one line on stderr (a broken
+        installation, the wrapper unable to start it), or its exit status."""
+        err = b""
+        while data := os.read(self.err_r, 65536):
+            err += data
+        lines = err.decode(errors="replace").strip().splitlines()
+        return lines[-1].removeprefix("sandbox-switchboard: ") if lines else "the switchboard helper ended"
 
     def request(self, request: dict[str, object]) -> dict[str, object]:
         import json
 
-        os.write(self.req_w, json.dumps(request).encode() + b"\n")
-        while b"\n" not in self.buf:
-            data = os.read(self.rep_r, 65536)
-            if not data:
-                raise SwitchboardError("the switchboard agent died")
-            self.buf += data
-        line, self.buf = self.buf.split(b"\n", 1)
-        reply = json.loads(line)
-        if not reply.get("ok"):
+        if self.req_w < 0:
+            raise SwitchboardError("the switchboard session is closed")
+        self._send(json.dumps({"version": 1, **request}).encode() + b"\n")
+        if not self.opened:
+            opened = self._reply()
+            if opened.get("ok") is not True:
+                raise SwitchboardError(str(opened.get("error")))
+            self.opened = True
+        reply = self._reply()
+        if reply.get("ok") is not True:
             raise SwitchboardError(str(reply.get("error")))
-        return dict(reply)
+        return reply
 
     def close(self) -> None:
+        """EOF for the helper (which destroys the session's sandbox if it still stands),
+        then wait for it."""
         if self.req_w < 0:
             return
         os.close(self.req_w)
-        os.close(self.rep_r)
-        self.req_w = self.rep_r = -1
+        self.req_w = -1
         os.waitpid(self.pid, 0)
+        os.close(self.rep_r)
+        os.close(self.err_r)

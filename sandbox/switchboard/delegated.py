@@ -6,17 +6,22 @@ the backend is picked by job_cgroup() from the directories the switchboard made.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from ..cgroups.base import CgroupError, JobCgroup, Usage
 from ..cgroups.layout import Layout, detect
 from ..limits import Limits
 
+if TYPE_CHECKING:
+    from ..records import State
+
 
 class DelegatedCgroup(JobCgroup):
-    def __init__(self, name: str, layout: Layout | None = None) -> None:
+    def __init__(self, name: str, layout: Layout | None = None, agent: object | None = None) -> None:
         self.name = name
         self.layout = layout or detect()
         self.inner: JobCgroup | None = None
+        self.started = agent  # the session the launcher started early (SwitchboardMember), if any
         self.agent: object | None = None
         self.version = {"hybrid": "hybrid", "v1": "v1", "v2": "v2"}.get(self.layout.kind, "v2")
 
@@ -29,7 +34,10 @@ class DelegatedCgroup(JobCgroup):
         from ..cgroups import job_cgroup
         from . import client as sb
 
-        agent = sb.Agent(self.name)
+        try:
+            agent = self.started if isinstance(self.started, sb.Agent) else sb.Agent()
+        except sb.SwitchboardError as e:
+            raise CgroupError(f"the switchboard refused to create the cgroup: {e}") from None
         request: dict[str, object] = {
             "op": "create",
             "name": self.name,
@@ -42,7 +50,7 @@ class DelegatedCgroup(JobCgroup):
         }
         try:
             reply = agent.request(request)
-        except sb.SwitchboardError as e:
+        except sb.SwitchboardError as e:  # nothing made: at EOF the helper just ends
             agent.close()
             raise CgroupError(f"the switchboard refused to create the cgroup: {e}") from None
         self.agent = agent
@@ -137,3 +145,19 @@ class StaleDelegatedCgroup(DelegatedCgroup):
             sb.reclaim(self.name, self.state_fd)
         except sb.SwitchboardError as e:
             raise CgroupError(f"the switchboard could not reclaim the cgroup: {e}") from None
+
+
+def member_cgroup(name: str, parent: str | None, agent: object | None) -> DelegatedCgroup:
+    if parent is not None:
+        raise CgroupError("--cgroup-parent needs root: without it the switchboard's configured parent is used")
+    return DelegatedCgroup(name, agent=agent)
+
+
+def stale_cgroup(record: State, state_fd: int, layout: Layout | None) -> JobCgroup:
+    """A member's stale sandbox for gc. Its directories (or their parent) are root's: the
+    switchboard removes them, once it has seen on the state file we hold that no launcher
+    holds its lock."""
+    cg = record.job_cgroup(layout)
+    if not record.cgroup_paths:
+        return cg
+    return StaleDelegatedCgroup(cg, state_fd, layout)

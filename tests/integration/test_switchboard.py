@@ -1012,3 +1012,139 @@ def test_the_helper_runs_from_roots_bytecode(switchboard: None) -> None:
         st = os.stat(p)
         assert st.st_uid == 0 and not st.st_mode & 0o022, p
     assert f"sys.path.append('{helper.parent}'); import switchboard".encode() in Path(WRAPPER).read_bytes()
+
+
+# -- a launcher's session: one helper serving one sandbox until EOF ------------------------
+
+
+def _session(user: str) -> subprocess.Popen[bytes]:
+    """The helper in a session, as a member's launcher opens one (through a shell: see as_user)."""
+    proc = subprocess.Popen([*as_user(user), WRAPPER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={"PATH": "/usr/bin:/bin"})
+    assert proc.stdin is not None
+    proc.stdin.write(b'{"version": 1, "op": "session"}\n')
+    proc.stdin.flush()
+    assert _said(proc) == {"version": 1, "ok": True, "session": True}
+    return proc
+
+
+def _said(proc: subprocess.Popen[bytes], line: bytes | None = None) -> dict[str, object]:
+    """Send `line` (if any), read the one reply line."""
+    assert proc.stdin is not None and proc.stdout is not None
+    if line is not None:
+        proc.stdin.write(line)
+        proc.stdin.flush()
+    reply = json.loads(proc.stdout.readline())
+    assert isinstance(reply, dict)
+    return reply
+
+
+def _line(body: dict[str, object]) -> bytes:
+    return json.dumps({"version": 1, **body}).encode() + b"\n"
+
+
+def _in_session(proc: subprocess.Popen[bytes], line: bytes, why: str) -> None:
+    """`line` refused in one reply line, the session going on, nothing changed."""
+    before = snapshot()
+    reply = _said(proc, line)
+    assert reply["ok"] is False and why in str(reply["error"]), reply
+    assert proc.poll() is None and snapshot() == before
+
+
+def test_a_session_makes_one_sandbox_refuses_garbage_and_destroys_it_at_eof(
+    switchboard: None, cleanup: list[tuple[str, str]],
+) -> None:
+    before = snapshot()
+    proc = _session(MEMBER)
+    try:
+        created = _said(proc, _line({"op": "create", "name": "sbt-sess", "limits": {"memory": 1 << 26}}))
+        assert created["ok"] is True, created
+        cleanup.append((MEMBER, "sbt-sess"))
+        paths = created["paths"]
+        assert isinstance(paths, dict) and all(os.path.isdir(p) for p in paths.values())
+        # the session is bound to its one sandbox: a second create is refused, any name
+        _in_session(proc, _line({"op": "create", "name": "sbt-sess2", "limits": {}}), "one sandbox per session")
+        _in_session(proc, _line({"op": "create", "name": "sbt-sess", "limits": {}}), "one sandbox per session")
+        # garbage and an oversized line: one line each, the session goes on
+        _in_session(proc, b"\x00\x01garbage\n", "not valid JSON")
+        _in_session(proc, b" " * 10000 + b"\n", "larger than")
+        _in_session(proc, b'{"version": 1, "op": "session"}\n', "unknown operation")
+        # what one-shot requests may not do, a session may not either
+        _in_session(proc, _line({"op": "destroy", "name": "nonexistent"}), "no sandbox named")
+        _in_session(proc, _line({"op": "attach", "name": "sbt-sess", "pid": os.getpid()}), "not the caller's")
+        assert all(os.path.isdir(p) for p in paths.values())
+        assert proc.stdin is not None
+        proc.stdin.close()  # EOF, as when the launcher dies: the helper destroys the sandbox
+        assert proc.wait(timeout=30) == 0, proc.stderr.read() if proc.stderr else b""
+    finally:
+        proc.kill()
+        proc.wait()
+    assert snapshot() == before
+    log = LOG.read_text()
+    assert "op=destroy" in log and "(end of session) OK" in log and "one sandbox per session" in log
+
+
+def test_a_session_that_destroyed_its_sandbox_ends_quietly(switchboard: None, cleanup: list[tuple[str, str]]) -> None:
+    before = snapshot()
+    proc = _session(MEMBER)
+    try:
+        assert _said(proc, _line({"op": "create", "name": "sbt-sess3", "limits": {}}))["ok"] is True
+        cleanup.append((MEMBER, "sbt-sess3"))
+        assert _said(proc, _line({"op": "destroy", "name": "sbt-sess3"}))["ok"] is True
+        assert snapshot() == before
+        mark = LOG.stat().st_size
+        assert proc.stdin is not None
+        proc.stdin.close()
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    assert "sbt-sess3" not in LOG.read_text()[mark:]  # no second destroy at EOF
+
+
+def _helpers() -> set[int]:
+    """Live switchboard helpers (by the wrapper's argv[0]: once hardened, a helper's
+    ids are all root's)."""
+    found = set()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv0 = Path(entry.path, "cmdline").read_bytes().split(b"\0")[0]
+            state = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if argv0 == b"sandbox-switchboard" and state != "Z":
+            found.add(int(entry.name))
+    return found
+
+
+def test_a_launcher_killed_right_after_create_leaves_nothing(switchboard: None, subreaper: None) -> None:
+    """SIGKILL of a member's launcher as soon as its sandbox's directories exist: the
+    helper reads EOF and destroys them, in every hierarchy, and ends; nothing is left."""
+    import time
+
+    name = f"sbt-killed-{os.getpid()}"
+    before = snapshot()
+    helpers_before = _helpers()
+    home = f"/home/{MEMBER}"
+    proc = subprocess.Popen([*as_user(MEMBER), SANDBOX_RUN, "--name", name, "--mem", "64M", "--", "sleep", "1000"],
+                            env={"PATH": "/usr/bin:/bin", "HOME": home, "XDG_RUNTIME_DIR": home}, cwd="/",
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not any(os.path.basename(d) == f"sandbox-{name}" for d, _uid_ in snapshot() - before):
+            assert time.monotonic() < deadline and proc.poll() is None, "the sandbox was never made"
+            time.sleep(0.001)
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+        deadline = time.monotonic() + 30
+        while (snapshot() != before or _helpers() - helpers_before) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert snapshot() == before
+        assert _helpers() - helpers_before == set()
+    finally:
+        proc.kill()
+        proc.wait()
+        subprocess.run([*as_user(MEMBER), SANDBOX, "gc"], capture_output=True, check=False,
+                       env={"PATH": "/usr/bin:/bin", "HOME": home, "XDG_RUNTIME_DIR": home})

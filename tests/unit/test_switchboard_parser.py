@@ -92,3 +92,46 @@ def test_property_structured_requests(fields: dict[str, object]) -> None:
 @given(st.binary(max_size=5000))
 def test_property_arbitrary_bytes(raw: bytes) -> None:
     _only_refusal(raw)
+
+
+def _lines(data: bytes) -> list[bytes]:
+    import os
+
+    r, w = os.pipe()
+    os.write(w, data)  # far below a pipe's capacity
+    os.close(w)
+    try:
+        out = sb.Lines(r)
+        return list(iter(out.line, None))
+    finally:
+        os.close(r)
+
+
+def test_session_lines_are_bounded() -> None:
+    big = b"x" * (3 * sb.MAX_REQUEST)
+    got = _lines(b"a\n" + big + b"\nb\n" + big + b"c")
+    assert got == [b"a\n", big[:sb.MAX_REQUEST + 1], b"b\n", big[:sb.MAX_REQUEST + 1]]
+    with pytest.raises(sb.Refusal, match="larger than"):
+        sb.parse_request(got[1])
+    assert _lines(b"") == [] and _lines(b"last") == [b"last"]
+
+
+def test_only_the_exact_opener_opens_a_session() -> None:
+    assert sb.opens_session(b'{"version": 1, "op": "session"}\n')
+    for raw in (b'{"version": true, "op": "session"}', b'{"version": 1, "op": "session", "name": "x"}',
+                b'{"version": 1, "op": "create", "name": "x"}', b"\xff", b"[]"):
+        assert not sb.opens_session(raw), raw
+
+
+def test_a_session_binds_its_one_sandbox() -> None:
+    s = sb.Session()
+    s.check({"op": "create", "name": "a"})
+    s.done({"op": "create", "name": "a"})
+    for name in ("a", "b"):
+        with pytest.raises(sb.Refusal, match="one sandbox per session"):
+            s.check({"op": "create", "name": name})
+    s.check({"op": "destroy", "name": "b"})  # another of the caller's: the op's own checks decide
+    s.done({"op": "destroy", "name": "b"})
+    assert s.live
+    s.done({"op": "destroy", "name": "a"})
+    assert not s.live and s.made == "a"
