@@ -259,3 +259,31 @@ def test_the_site_sets_the_tracking_and_the_gid_range(tmp_path: Path, monkeypatc
     path.write_text('tracking_gids = "10-20"\n')
     with pytest.raises(SandboxError, match=r"tracking_gids: invalid GID range '10-20'"):
         config.load_file(str(path))
+
+
+def test_a_state_record_restores_the_family_only_through_the_recorded_launcher(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from sandbox.procfs import process_start_time
+    from sandbox.records import State
+
+    monkeypatch.setenv("SANDBOX_STATE_DIR", str(tmp_path))
+    me, start = os.getpid(), process_start_time(os.getpid())
+    base = {"name": "pt", "uid": 0, "launcher_pid": me, "launcher_start": start, "init_host_pid": None,
+            "cgroup": None, "cgroup_version": None, "cgroup_paths": {}, "tracking": "process-tree",
+            "marker": "tok", "tracking_gid": None}
+    job = State.from_dict(base).job_cgroup()
+    assert isinstance(job, ProcessTreeJob) and job._root == me and job.marker == "pt:tok"
+    assert State.from_dict({**base, "launcher_start": (start or 0) + 1}).job_cgroup()._root is None  # type: ignore[attr-defined]
+    assert State.from_dict({**base, "launcher_pid": 2**22 + 7}).job_cgroup()._root is None  # type: ignore[attr-defined]
+    assert isinstance(State.from_dict({**base, "tracking": None}).job_cgroup(), PidNamespaceJob)
+    # the launcher gone: its GID is used only while gc holds that GID's lock
+    gone = {**base, "launcher_pid": 2**22 + 7, "tracking_gid": 61007}
+    held = GidLock.take(61007, str(tmp_path / "gids"))
+    assert held is not None
+    assert State.from_dict(gone).job_cgroup().gid is None  # type: ignore[attr-defined]  # a live launcher's now
+    held.release()
+    restored = State.from_dict(gone).job_cgroup()
+    assert restored.gid == 61007  # type: ignore[attr-defined]
+    restored.remove_dirs()
+    with pytest.raises(CgroupError, match="cannot be frozen"):
+        restored.freeze()
