@@ -34,6 +34,14 @@ def scan(proc: str = "/proc") -> dict[int, proctree.Proc]:
     return out
 
 
+def stat_of(pid: int, proc: str = "/proc") -> proctree.Proc | None:
+    text = read(f"{proc}/{pid}/stat")
+    try:
+        return proctree.parse_stat(text) if isinstance(text, str) and text else None
+    except (ValueError, IndexError):
+        return None
+
+
 def groups_of(pid: int, proc: str = "/proc") -> frozenset[int]:
     text = read(f"{proc}/{pid}/status")
     return proctree.parse_groups(text) if isinstance(text, str) else frozenset()

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from . import proctree
 from . import syscalls as sc
 from .cgroups.base import CgroupError, JobCgroup, Usage
-from .procscan import Connector, GidLock, gid_lock_dir, groups_of, read, scan
+from .procscan import Connector, GidLock, gid_lock_dir, groups_of, read, scan, stat_of
 from .tracking import unenforced
 
 if TYPE_CHECKING:
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 TRACKING_PROCESS_TREE = "process-tree"
 # What a namespace would have given and this mode does not (the report names it).
+WAIT_FDS_MAX = 512  # pidfds kept open at once to wait on exits (and at most half the descriptor limit)
 NOT_ISOLATED = ("pid namespace", "mount namespace", "private /tmp", "ipc namespace", "uts namespace")
 
 
@@ -184,71 +185,69 @@ class ProcessTreeJob(JobCgroup):
         """Stop all, kill all, until a scan finds no member left (but `spare`)."""
         deadline = time.monotonic() + timeout
         events = Connector.open()  # before the first scan: a fork after it is an event
-        fds: dict[int, int] = {}
         try:
             while True:
                 members = {p: i for p, i in self.members().items() if p not in spare}
                 if not members:
                     return
                 self._note_peak(list(members))
-                self._stop_all(members, fds, events, deadline)
-                for fd in fds.values():
-                    try:
-                        signal.pidfd_send_signal(fd, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                self._wait_exits(list(fds.values()), deadline)
-                for fd in fds.values():
-                    os.close(fd)
-                fds.clear()
+                stopped = self._stop_all(members, events, deadline)
+                # A pidfd per member to wait on its exit, as many as descriptors allow
+                # (a fork bomb's thousands are found again by the next scan instead).
+                budget = min(WAIT_FDS_MAX, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 2)
+                waits: list[int] = []
+                for info in stopped:
+                    fd = self._signal(info, signal.SIGKILL, keep=len(waits) < budget)
+                    if fd is not None:
+                        waits.append(fd)
+                self._wait_exits(waits, deadline)
                 self._reap()
                 if time.monotonic() >= deadline:
                     raise CgroupError(f"sandbox {self.name!r}: processes still alive {timeout:g} s after SIGKILL")
         finally:
-            for fd in fds.values():
-                os.close(fd)
             if events is not None:
                 events.close()
 
-    def _pidfd(self, info: proctree.Proc) -> int | None:
-        """A pidfd on the scanned process, or None if its PID is no longer it."""
+    @staticmethod
+    def _signal(info: proctree.Proc, sig: int, keep: bool = False) -> int | None:
+        """Signal the scanned process through a pidfd, unless its PID is no longer it
+        (the same start time read after the open: the pidfd names that process). With
+        `keep`, the pidfd is returned open (None when there was none to keep)."""
         try:
             fd = os.pidfd_open(info.pid)
-        except OSError:
+        except OSError:  # gone, or out of descriptors: then a kill without a pidfd to wait on
             return None
         text = read(f"/proc/{info.pid}/stat")
         try:
             if isinstance(text, str) and proctree.parse_stat(text).start == info.start:
-                return fd  # the same start time after the open: the pidfd names the member
-        except (ValueError, IndexError):
+                signal.pidfd_send_signal(fd, sig)
+                if keep:
+                    return fd
+        except (ValueError, IndexError, ProcessLookupError):
             pass
         os.close(fd)
         return None
 
-    def _stop_all(self, members: dict[int, proctree.Proc], fds: dict[int, int], events: Connector | None,
-                  deadline: float) -> None:
+    def _stop_all(self, members: dict[int, proctree.Proc], events: Connector | None,
+                  deadline: float) -> list[proctree.Proc]:
+        """SIGSTOP every member, and what they forked meanwhile, until none is new."""
+        stopped: dict[int, proctree.Proc] = {}
         pending = members
         while pending and time.monotonic() < deadline:
             for pid, info in pending.items():
-                fd = self._pidfd(info) if pid not in fds else None
-                if fd is None:
-                    continue
-                try:
-                    signal.pidfd_send_signal(fd, signal.SIGSTOP)
-                except ProcessLookupError:
-                    os.close(fd)
-                    continue
-                fds[pid] = fd
-            self._settle(list(fds), deadline)
+                if pid not in stopped:
+                    self._signal(info, signal.SIGSTOP)
+                    stopped[pid] = info
+            self._settle(list(stopped), deadline)
             # Stopped, they fork no more: what they forked before is in the connector's
             # queue (a fork's event is queued before fork returns) or in /proc.
             forks = events.forks() if events is not None else None
             if forks is not None:
-                new = {e.pid for e in forks if e.parent in fds} - fds.keys()
-                found = scan()
-                pending = {p: found[p] for p in new if p in found and found[p].alive}
+                new = {e.pid for e in forks if e.parent in stopped} - stopped.keys()
+                pending = {p: i for p in new if (i := stat_of(p)) is not None and i.alive}
             else:
-                pending = {p: i for p, i in self.members().items() if p not in fds and p not in members}
+                pending = {p: i for p, i in self.members().items() if p not in stopped}
+        return list(stopped.values())
 
     @staticmethod
     def _settle(pids: list[int], deadline: float) -> None:
@@ -265,18 +264,23 @@ class ProcessTreeJob(JobCgroup):
 
     @staticmethod
     def _wait_exits(fds: list[int], deadline: float) -> None:
+        """Until each pidfd is readable (its process has exited) or the deadline; closes them."""
         poller = select.poll()
         for fd in fds:
-            poller.register(fd, select.POLLIN)  # readable once that process has exited
+            poller.register(fd, select.POLLIN)
         waiting = len(fds)
-        while waiting:
-            left = deadline - time.monotonic()
-            ready = poller.poll(max(0, int(left * 1000)) + 1) if left > 0 else poller.poll(0)
-            if not ready:
-                return
-            for fd, _ev in ready:
-                poller.unregister(fd)
-                waiting -= 1
+        try:
+            while waiting:
+                left = deadline - time.monotonic()
+                ready = poller.poll(max(0, int(left * 1000)) + 1) if left > 0 else poller.poll(0)
+                if not ready:
+                    return
+                for fd, _ev in ready:
+                    poller.unregister(fd)
+                    waiting -= 1
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def _reap(self) -> None:
         """Reap the zombies that are our own children (orphans reparented to us when init

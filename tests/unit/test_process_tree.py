@@ -213,19 +213,25 @@ def test_the_plan_has_no_namespace_step_and_the_job_carries_its_marks(monkeypatc
             os.close(fd)
 
 
-@pytest.mark.parametrize("connector", [True, False], ids=["events", "rescans"])
-def test_kill_stops_and_kills_a_forking_family_and_reaps_it(monkeypatch: pytest.MonkeyPatch, connector: bool) -> None:
+@pytest.mark.parametrize(("connector", "fds"), [(True, 1024), (False, 1024), (True, 8)],
+                         ids=["events", "rescans", "few-descriptors"])
+def test_kill_stops_and_kills_a_forking_family_and_reaps_it(monkeypatch: pytest.MonkeyPatch, connector: bool,
+                                                           fds: int) -> None:
     """Real processes (our own): a setsid daemon and a fork loop below us; with the proc
-    connector's events (root) and with rescans alone (everyone else)."""
+    connector's events (root), with rescans alone (everyone else), and with too few
+    descriptors for a pidfd per member to wait on (the next scan finds the rest)."""
+    import resource
+
     from sandbox import procscan, ptree
 
+    monkeypatch.setattr(resource, "getrlimit", lambda _r: (fds, fds))
     if not connector:
         monkeypatch.setattr(ptree.Connector, "open", classmethod(lambda cls: None))
     elif procscan.Connector.open() is None:
         pytest.skip("the proc connector needs CAP_NET_ADMIN")
     job = ProcessTreeJob("k")
     job._live = True  # create() would make this test process a subreaper for the session
-    script = "(setsid sleep 300 &); (while :; do sleep 300 & done) & sleep 300"
+    script = "(setsid sleep 300 &); (while :; do sleep 300 & sleep 0.01; done) & sleep 300"
     # the setsid daemon is reparented away from us (no subreaper here): its marker finds it
     sh = subprocess.Popen(["sh", "-c", script], env={**os.environ, proctree.MARKER_VAR: job.marker})
     try:
