@@ -107,11 +107,13 @@ def no_state_left(user: str) -> Iterator[None]:
     assert not state.exists() or not [p for p in state.iterdir() if p.name != "gids"], list(state.iterdir())
 
 
-# The daemon drops the environment marker: the tree below the (subreaper) launcher still holds it.
+# The daemon drops the environment marker: the tree below the (subreaper) launcher still holds
+# it. The main process waits until both have said who they are (slow in an emulated guest).
 ESCAPES = (
-    "(setsid env -u SANDBOX_RUN_JOB sh -c 'echo daemon $$; exec sleep 300' {m}-a &); "
-    "(sh -c 'echo loop $$; while :; do sh -c \"sleep 300\" {m}-c & sleep 0.01; done' {m}-b &); "
-    "sleep 0.5; echo \"marker $SANDBOX_RUN_JOB\"; exit 7"
+    "(setsid env -u SANDBOX_RUN_JOB sh -c 'echo daemon $$; touch {d}/{m}.a; exec sleep 300' {m}-a &); "
+    "(sh -c 'echo loop $$; touch {d}/{m}.b; while :; do sh -c \"sleep 300\" {m}-c & sleep 0.01; done' {m}-b &); "
+    "while [ ! -e {d}/{m}.a ] || [ ! -e {d}/{m}.b ]; do sleep 0.05; done; rm {d}/{m}.a {d}/{m}.b; "
+    "sleep 0.3; echo \"marker $SANDBOX_RUN_JOB\"; exit 7"
 )
 
 
@@ -138,7 +140,7 @@ def test_a_user_s_daemon_and_fork_loop_go_with_the_main_process(user: str) -> No
     report = HOME / "r.json"
     try:
         r = run_as_user("--tracking", "process-tree", "--report", str(report), "--", "sh", "-c",
-                        ESCAPES.format(m=marker))
+                        ESCAPES.format(m=marker, d=HOME))
         assert r.returncode == 7, r.stderr
         data = _report(report)
         assert (data["tracking"], data["cgroup"], data["status"]) == ("process-tree", None, "exited"), data
@@ -206,7 +208,9 @@ def _start(cmd: list[str], **kw: object) -> tuple[subprocess.Popen[str], list[st
 
 def test_a_user_s_orphans_of_a_killed_launcher_are_found_by_marker(user: str) -> None:
     marker = f"sbtp-ugc-{uuid.uuid4().hex[:8]}"
-    script = f"(setsid sh -c 'echo daemon $$; exec sleep 300' {marker} &); sleep 0.2; echo ready; sleep 300"
+    flag = HOME / marker
+    script = (f"(setsid sh -c 'echo daemon $$; touch {flag}; exec sleep 300' {marker} &); "
+              f"while [ ! -e {flag} ]; do sleep 0.05; done; echo ready; sleep 300")
     cmd = _as_user(SANDBOX_RUN, "--tracking", "process-tree", "--name", f"ugc-{marker[-8:]}", "--", "sh", "-c", script)
     proc, lines = _start(cmd, cwd=HOME, env=_user_env())
     try:
@@ -239,12 +243,13 @@ def test_root_with_a_gid_range_tags_the_job_and_gc_kills_orphans_by_it(
 ) -> None:
     marker = f"sbtp-gid-{uuid.uuid4().hex[:8]}"
     report = tmp_path / "lost.json"
+    flag = HOME / marker  # the job's user can write there
     # the daemon drops the environment marker: only the GID can still name it
     script = (
         "grep Groups: /proc/self/status; "
         "python3 -c 'import os; os.setgroups([])' 2>/dev/null && echo shed || echo kept; "
-        f"(setsid env -u SANDBOX_RUN_JOB sh -c 'echo daemon $$; exec sleep 300' {marker} &); "
-        "sleep 0.2; echo ready; sleep 300"
+        f"(setsid env -u SANDBOX_RUN_JOB sh -c 'echo daemon $$; touch {flag}; exec sleep 300' {marker} &); "
+        f"while [ ! -e {flag} ]; do sleep 0.05; done; echo ready; sleep 300"
     )
     cmd = [SANDBOX_RUN, "--tracking", "process-tree", "--user", USER, "--report", str(report), "--", "sh", "-c", script]
     proc, lines = _start(cmd, env=site)
@@ -276,8 +281,8 @@ def test_root_without_a_range_tracks_by_tree_and_marker_and_says_so(user: str, t
     env = {**os.environ, "SANDBOX_STATE_DIR": str(tmp_path / "state"), "SANDBOX_CONFIG": str(tmp_path / "none.toml")}
     try:
         r = subprocess.run([SANDBOX_RUN, "--tracking", "process-tree", "--report", str(report), "--", "sh", "-c",
-                            ESCAPES.format(m=marker)], capture_output=True, text=True, timeout=60, check=False,
-                           env=env)
+                            ESCAPES.format(m=marker, d=tmp_path)], capture_output=True, text=True, timeout=60,
+                           check=False, env=env)
         assert r.returncode == 7, r.stderr
         data = _report(report)
         assert data["tracking"] == "process-tree" and data["tracked_by"] == ["tree", "environ"], data
