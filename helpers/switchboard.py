@@ -1189,28 +1189,198 @@ def _read_proc_cgroup(pid: int) -> str:
         return ""
 
 
+def status_field(status: str, name: str) -> str | None:
+    """A field's value in a /proc/PID/status text ("Threads", "TracerPid"), None if absent."""
+    for line in status.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key == name:
+            return value.strip()
+    return None
+
+
+def seize_refusal(pid: int, err: int, status: str, yama: str | None) -> str:
+    """Why process `pid` cannot be pinned (PTRACE_SEIZE failed with `err`), from its
+    /proc/PID/status text and Yama's ptrace_scope (None: no Yama). A process another
+    tracer holds is refused, not moved unpinned: pre-tracing it would otherwise be the
+    way around the pin."""
+    tracer = status_field(status, "TracerPid")
+    if tracer not in (None, "0"):
+        return f"process {pid} is being traced (by PID {tracer}): it cannot be pinned for the move"
+    if err == errno.ESRCH or not status:
+        return f"no process {pid}"
+    if yama == "3":
+        return "ptrace is disabled on this host (Yama kernel.yama.ptrace_scope = 3): cannot pin the process to move"
+    return f"cannot pin process {pid} for the move (ptrace: {os.strerror(err)})"
+
+
+PTRACE_DETACH, PTRACE_SEIZE, PTRACE_INTERRUPT = 17, 0x4206, 0x4207
+PTRACE_EVENT_STOP = 128
+WALL = 0x40000000  # __WALL: wait for a tracee whatever its kind
+PIN_WAIT = 5.0  # seconds for a pinned process to stop (one in an uninterruptible sleep does not)
+
+
+def reinjected_signal(wait_status: int) -> int:
+    """The signal to hand back at PTRACE_DETACH for a tracee in this stop: the one a
+    signal-delivery-stop held (else it would be lost); none for an event stop (our
+    PTRACE_INTERRUPT, or a group-stop, which detaching resumes by itself)."""
+    if not os.WIFSTOPPED(wait_status) or wait_status >> 16:
+        return 0
+    return os.WSTOPSIG(wait_status)
+
+
+def _ptrace(request: int, pid: int, data: int = 0) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.ptrace.argtypes = (ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p)
+    libc.ptrace.restype = ctypes.c_long
+    if libc.ptrace(request, pid, None, data or None) == -1:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def _read_status(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
+
+
+def _yama_scope() -> str | None:
+    try:
+        with open("/proc/sys/kernel/yama/ptrace_scope") as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return None
+
+
+# Tracees a pin could not release (they did not stop in time): still ours, so their PIDs
+# still cannot be reused; released at the next attach, or by the kernel when we exit.
+_LEFT_TRACED: set[int] = set()
+
+
+class Pin:
+    """Hold process `pid` (whose pidfd is `pidfd`) so that its PID names it and nothing
+    else until release: PTRACE_SEIZE makes us its tracer, and a zombie ptracee is visible
+    only to its tracer (kernel/exit.c, wait_consider_task), so even killed it cannot be
+    reaped by its parent, and its PID cannot be freed and reused, before we let go.
+    The seized task is checked to be the pidfd's, then stopped (PTRACE_INTERRUPT) and
+    found single-threaded: with its one thread in a ptrace-stop no other thread can exec
+    (an exec by another thread makes it the leader, untraced, and the old leader goes)
+    nor start; a stop is no signal, and a blocking read restarts by itself after it.
+    Release detaches (handing back a signal held in a signal-delivery-stop); a tracee that
+    died meanwhile is collected by our wait, which passes its zombie on to its parent."""
+
+    def __init__(self, pid: int, pidfd: int) -> None:
+        self.pid, self.pidfd = pid, pidfd
+        self.status: int | None = None  # the wait status of its stop, once stopped
+        self.exited = False
+
+    def __enter__(self) -> Pin:
+        _release_left()
+        try:
+            _ptrace(PTRACE_SEIZE, self.pid)
+        except OSError as e:
+            raise Refusal(seize_refusal(self.pid, e.errno or 0, _read_status(self.pid), _yama_scope())) from None
+        try:
+            if not _pidfd_alive(self.pidfd):  # its PID was reused before the seize: not it
+                raise Refusal(f"process {self.pid} exited during attach")
+            _ptrace(PTRACE_INTERRUPT, self.pid)
+            self._wait_stop()
+            if self.exited:
+                raise Refusal(f"process {self.pid} exited during attach")
+            threads = status_field(_read_status(self.pid), "Threads")
+            if threads != "1":
+                raise Refusal(f"process {self.pid} has {threads} threads: only a single-threaded process is attached")
+        except BaseException:
+            self.release()
+            raise
+        return self
+
+    def _wait_stop(self) -> None:
+        deadline, pause = time.monotonic() + PIN_WAIT, 0.0002
+        while True:
+            try:
+                got, status = os.waitpid(self.pid, os.WNOHANG | WALL)
+            except ChildProcessError:  # no longer our tracee: gone, as if it had exited
+                self.exited = True
+                return
+            if got == self.pid:
+                if os.WIFSTOPPED(status):
+                    self.status = status
+                    return
+                if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+                    self.exited = True  # collected: its zombie went on to its parent
+                    return
+            if time.monotonic() > deadline:
+                _LEFT_TRACED.add(self.pid)
+                raise Refusal(f"process {self.pid} did not stop to be pinned (an uninterruptible sleep?)")
+            time.sleep(pause)
+            pause = min(pause * 2, 0.01)
+
+    def release(self) -> None:
+        while not self.exited and self.pid not in _LEFT_TRACED:
+            if self.status is None:
+                try:
+                    _ptrace(PTRACE_INTERRUPT, self.pid)
+                except ProcessLookupError:
+                    pass  # dying: the wait below collects it
+                self._wait_stop()
+                continue
+            try:
+                _ptrace(PTRACE_DETACH, self.pid, reinjected_signal(self.status))
+                return
+            except ProcessLookupError:  # killed since it stopped: no longer in a stop
+                self.status = None
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()
+
+
+def _release_left() -> None:
+    """Let go of tracees an earlier pin left (a long-lived helper serves many attaches)."""
+    for pid in list(_LEFT_TRACED):
+        try:
+            got, status = os.waitpid(pid, os.WNOHANG | WALL)
+        except ChildProcessError:
+            _LEFT_TRACED.discard(pid)
+            continue
+        if got != pid:
+            continue
+        _LEFT_TRACED.discard(pid)
+        if os.WIFSTOPPED(status):
+            try:
+                _ptrace(PTRACE_DETACH, pid, reinjected_signal(status))
+            except ProcessLookupError:
+                _LEFT_TRACED.add(pid)  # killed meanwhile: its exit is collected next time
+
+
 def op_attach(cfg: dict[str, object], caller: Caller, req: dict[str, object]) -> dict[str, object]:
     pid = int(req["pid"])  # type: ignore[call-overload]
     job = Job(cfg, str(req["name"]))
     try:
         job.open_existing(caller)
-        # The pidfd pins the process identity: checks made while it is alive, and a
-        # write made while it is still alive afterwards, all concern that one process
-        # (a PID is not reused before its process is gone).
         try:
             pidfd = os.pidfd_open(pid)
         except ProcessLookupError:
             raise Refusal(f"no process {pid}") from None
         try:
+            # Before it is touched: only the caller's own processes are ever stopped, even briefly.
             if _status_uids(pid) != {caller.uid} or not _pidfd_alive(pidfd):
                 raise Refusal(f"process {pid} is not the caller's")
-            why = may_attach(_read_proc_cgroup(pid), job.own_cgroup, job.fds)
-            if why is not None:
-                raise Refusal(f"cannot attach {pid}: {why}")
-            for fd in job.fds.values():
-                write_at(fd, "cgroup.procs", str(pid))
-            if not _pidfd_alive(pidfd) or _status_uids(pid) != {caller.uid}:
-                raise Refusal(f"process {pid} exited during attach (possible PID reuse: logged)")
+            # Pinned, the checks and the writes all concern the one process the pidfd
+            # names: killed meanwhile, it stays a zombie only we can reap, its PID unused.
+            with Pin(pid, pidfd):
+                if _status_uids(pid) != {caller.uid}:
+                    raise Refusal(f"process {pid} is not the caller's")
+                why = may_attach(_read_proc_cgroup(pid), job.own_cgroup, job.fds)
+                if why is not None:
+                    raise Refusal(f"cannot attach {pid}: {why}")
+                for fd in job.fds.values():
+                    write_at(fd, "cgroup.procs", str(pid))
+            if not _pidfd_alive(pidfd):
+                raise Refusal(f"process {pid} exited during attach")
         finally:
             os.close(pidfd)
     except OSError as e:

@@ -338,6 +338,50 @@ def test_create_attach_destroy(switchboard: None, cleanup: list[tuple[str, str]]
     assert "op=create" in log and "op=destroy" in log and "REFUSED" in log and f"({MEMBER})" in log
 
 
+PRE_TRACE = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.argtypes = (ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p)
+r, w = os.pipe()
+p = os.fork()
+if p == 0:
+    os.close(w)
+    os.read(r, 1)
+    os._exit(0)
+if libc.ptrace(0x4206, p, None, None) != 0:  # PTRACE_SEIZE
+    sys.exit(f"PTRACE_SEIZE: {os.strerror(ctypes.get_errno())}")
+print(p, flush=True)
+sys.stdin.read()
+os.kill(p, 9)
+os.waitpid(p, 0)
+"""
+
+
+def test_attach_refuses_a_process_someone_traces(switchboard: None, cleanup: list[tuple[str, str]]) -> None:
+    """A process the member traces itself (one way around the pin: a traced process cannot
+    be seized) is refused with one line, and stays where it was, traced as before."""
+    r = ask(MEMBER, {"op": "create", "name": "sbt-traced", "limits": {}})
+    assert r.returncode == 0, r.stderr
+    cleanup.append((MEMBER, "sbt-traced"))
+    tracer = subprocess.Popen([*as_user(MEMBER), "/usr/bin/python3", "-c", PRE_TRACE], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert tracer.stdout is not None
+        line = tracer.stdout.readline()
+        assert line.strip().isdigit(), tracer.stderr.read() if tracer.stderr else line
+        pid = int(line)
+        where, status = Path(f"/proc/{pid}/cgroup").read_text(), Path(f"/proc/{pid}/status").read_text()
+        traced_by = [x.split()[1] for x in status.splitlines() if x.startswith("TracerPid:")]
+        assert traced_by != ["0"], status
+        refused(MEMBER, {"op": "attach", "name": "sbt-traced", "pid": pid}, f"process {pid} is being traced (by PID")
+        assert Path(f"/proc/{pid}/cgroup").read_text() == where
+        after = Path(f"/proc/{pid}/status").read_text()
+        assert [x.split()[1] for x in after.splitlines() if x.startswith("TracerPid:")] == traced_by
+    finally:
+        tracer.communicate(timeout=30)
+    assert tracer.returncode == 0
+
+
 # the helper's request and path checks come before any cgroup: the same on every layout, a host test
 @pytest.mark.host_only
 def test_outsider_cannot_run_wrapper(switchboard: None) -> None:

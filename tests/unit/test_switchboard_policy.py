@@ -4,6 +4,8 @@ the configured maxima, and which limit file gets which value), and who may ask."
 
 from __future__ import annotations
 
+import errno
+import signal
 from pathlib import Path
 
 import pytest
@@ -213,3 +215,40 @@ def test_log_is_one_appended_line_per_entry(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         log.write("third")
     assert not (tmp_path / "elsewhere").exists()
+
+
+STATUS = ("Name:\tsandbox-init\nState:\tS (sleeping)\nTracerPid:\t{tracer}\nUid:\t1000\t1000\t1000\t1000\n"
+          "Threads:\t{threads}\n")
+
+
+def test_status_fields_for_the_pin() -> None:
+    text = STATUS.format(tracer=0, threads=1)
+    assert sb.status_field(text, "Threads") == "1"
+    assert sb.status_field(text, "TracerPid") == "0"
+    assert sb.status_field(text, "Tgid") is None
+    assert sb.status_field("", "Threads") is None
+
+
+@pytest.mark.parametrize(
+    ("err", "status", "yama", "why"),
+    [
+        # another tracer holds it: refused, never moved unpinned (pre-tracing would evade the pin)
+        (errno.EPERM, STATUS.format(tracer=4242, threads=1), None, "is being traced (by PID 4242)"),
+        (errno.EPERM, STATUS.format(tracer=4242, threads=1), "3", "is being traced (by PID 4242)"),
+        (errno.EPERM, STATUS.format(tracer=0, threads=1), "3", "Yama kernel.yama.ptrace_scope = 3"),
+        (errno.EPERM, STATUS.format(tracer=0, threads=1), "1", "cannot pin process 7 for the move (ptrace: "),
+        (errno.ESRCH, STATUS.format(tracer=0, threads=1), None, "no process 7"),
+        (errno.EPERM, "", None, "no process 7"),  # gone meanwhile
+    ],
+)
+def test_seize_refusal_names_why(err: int, status: str, yama: str | None, why: str) -> None:
+    text = sb.seize_refusal(7, err, status, yama)
+    assert why in text and "\n" not in text, text
+
+
+def test_a_held_signal_is_handed_back_at_detach() -> None:
+    stop = lambda sig, event=0: (event << 16) | (sig << 8) | 0x7F  # noqa: E731 (a waitpid status)
+    assert sb.reinjected_signal(stop(signal.SIGTERM)) == signal.SIGTERM  # signal-delivery-stop
+    assert sb.reinjected_signal(stop(signal.SIGTRAP, sb.PTRACE_EVENT_STOP)) == 0  # our PTRACE_INTERRUPT
+    assert sb.reinjected_signal(stop(signal.SIGSTOP, sb.PTRACE_EVENT_STOP)) == 0  # a group-stop resumes by itself
+    assert sb.reinjected_signal(signal.SIGKILL) == 0  # killed: not a stop
