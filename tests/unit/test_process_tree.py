@@ -293,3 +293,22 @@ def test_a_state_record_restores_the_family_only_through_the_recorded_launcher(t
     restored.remove_dirs()
     with pytest.raises(CgroupError, match="cannot be frozen"):
         restored.freeze()
+
+
+def test_a_signal_reaches_only_the_scanned_process_never_a_pid_reused_since() -> None:
+    from sandbox.procscan import stat_of
+
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        info = stat_of(sleeper.pid)
+        assert info is not None
+        # the same PID with another start time: another process by now, never signalled
+        assert ProcessTreeJob._signal(info._replace(start=info.start + 1), 9) is None
+        time.sleep(0.1)
+        assert sleeper.poll() is None
+        assert ProcessTreeJob._signal(info, 9) is None  # signalled; no pidfd kept without keep=True
+        assert sleeper.wait(timeout=5) == -9
+    finally:
+        if sleeper.poll() is None:
+            sleeper.kill()
+            sleeper.wait()
