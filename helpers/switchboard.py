@@ -15,17 +15,20 @@ The policy is pure functions over text and data, unit-tested without root and ch
 against the launcher's own cgroup backends (tests/unit/test_switchboard_*.py):
 parse_request (what is asked), parse_hierarchies and parent_paths (where: from the
 mount table, /proc/self/cgroup and the config), job_paths, effective_limits (the
-request within the configured maxima), limit_writes (which limit file gets which
-value), may_call and under_execute_root (who may ask, for which directory), cap_refusal
-and sum_refusal (how much one member holds), stale_parents, owner_refusal and
-state_refusal (what reclaim may end). The rest applies their answers through directory fds.
+request within the configured maxima and what encloses it), own_cpu_quota and
+limit_writes (which limit file gets which value), may_attach and seize_refusal (which
+process may be moved, and why one cannot be pinned), may_call and under_execute_root
+(who may ask, for which directory), cap_refusal and sum_refusal (how much one member
+holds), stale_parents, owner_refusal and state_refusal (what reclaim may end). The rest
+applies their answers through directory fds.
 
 Operations (closed set; nothing writes an arbitrary file or runs a command):
   create  {"name", "limits": {"memory", "swap", "pids", "cpus"}, ["execute_dir"]}
           make sandbox-<name> under the configured parent in each hierarchy, set the
           limits (unset ones become the configured maxima), hand it to the caller.
   attach  {"name", "pid"}  move one of the caller's processes into its sandbox (the
-          cgroup v2 rule needs write access to the common ancestor, which is root's).
+          cgroup v2 rule needs write access to the common ancestor, which is root's),
+          pinned by ptrace meanwhile so that its PID names it and nothing else (Pin).
   destroy {"name"}  kill everything in one of the caller's sandboxes and remove it.
   reclaim {"name"} + the sandbox's state file as descriptor 3: what destroy does, for
           `sandbox gc`, at the directories that state names, once its launcher is dead.
