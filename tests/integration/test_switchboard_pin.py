@@ -9,6 +9,7 @@ import json
 import os
 import pwd
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -205,3 +206,72 @@ def test_without_the_pin_the_same_attack_moves_the_victim(tmp_path: Path) -> Non
     assert out["reaped"] is True and out["v"] == out["p"], out
     assert "sandbox-sbtq-pin" in str(out["v_cgroup_after"]), out  # moved: the attack worked
     assert "sbtq-pin-victim" in str(out["v_cgroup"]), out
+
+
+def _v1_freezer() -> str | None:
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            if right.split()[:1] == ["cgroup"] and "freezer" in right.split()[2].split(","):
+                return left.split()[4]
+    return None
+
+
+# a v2 freeze lets a ptrace-stop through; a task the v1 freezer holds does not run, not even to stop
+@pytest.mark.skipif(_v1_freezer() is None, reason="needs a v1 freezer hierarchy")
+def test_a_process_that_does_not_stop_stays_pinned_until_it_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process the v1 freezer holds cannot stop for the pin: the attach is refused, and
+    the process stays traced (its PID still cannot be reused) until it can stop; then the
+    next pin's start lets it go (a long-lived helper serves many attaches), and its
+    blocked read goes on."""
+    from tests.unit.switchboard_module import sb
+
+    freezer = os.path.join(str(_v1_freezer()), _own_cgroup("freezer").strip("/"), "sbtq-pin-frozen")
+    os.makedirs(freezer)
+    r, w = os.pipe()
+    p = os.fork()
+    if p == 0:  # as the launcher's init: blocked on its go pipe
+        try:
+            os.close(w)
+            os._exit(0 if os.read(r, 1) == b"G" else 3)
+        except BaseException:
+            os._exit(4)
+    os.close(r)
+    pidfd = os.pidfd_open(p)
+    try:
+        Path(freezer, "cgroup.procs").write_text(str(p))
+        Path(freezer, "freezer.state").write_text("FROZEN")
+        for _ in range(500):
+            if Path(freezer, "freezer.state").read_text().strip() == "FROZEN":
+                break
+            time.sleep(0.01)
+        monkeypatch.setattr(sb, "PIN_WAIT", 0.5)
+        with pytest.raises(sb.Refusal, match=f"process {p} did not stop"):
+            with sb.Pin(p, pidfd):
+                raise AssertionError("pinned a frozen process")
+        assert p in sb._LEFT_TRACED
+        assert _tracer(p) == os.getpid()  # still ours: its PID stays pinned
+        Path(freezer, "freezer.state").write_text("THAWED")
+        deadline = time.monotonic() + 10
+        while p in sb._LEFT_TRACED and time.monotonic() < deadline:
+            sb._release_left()
+            time.sleep(0.01)
+        assert p not in sb._LEFT_TRACED and _tracer(p) == 0
+        os.write(w, b"G")
+        assert os.waitpid(p, 0)[1] == 0  # its read went on
+    finally:
+        sb._LEFT_TRACED.discard(p)
+        os.close(pidfd)
+        os.close(w)
+        try:
+            Path(freezer, "freezer.state").write_text("THAWED")
+            os.kill(p, 9)
+            os.waitpid(p, 0)
+        except (OSError, ChildProcessError):
+            pass
+        os.rmdir(freezer)
+
+
+def _tracer(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(x.split()[1] for x in status.splitlines() if x.startswith("TracerPid:")))
