@@ -178,7 +178,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    in_guest = bool(os.environ.get("SANDBOX_REQUIRE_LAYOUT"))
     for item in items:
+        if item.get_closest_marker("guest_only") is not None and not in_guest:
+            item.add_marker(pytest.mark.skip(reason="changes machine-wide state: only in the throw-away guest lanes"))
         marker = item.get_closest_marker("layout")
         if marker is not None and LAYOUT.kind not in marker.args:
             item.add_marker(pytest.mark.skip(reason=f"meant for the {'/'.join(marker.args)} layout, not {LAYOUT.kind}"))
@@ -191,7 +194,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if report.skipped and "cgroup" in report.keywords and os.environ.get("SANDBOX_REQUIRE_LAYOUT"):
+    guest_lane = ("cgroup" in report.keywords or "guest_only" in report.keywords)
+    if report.skipped and guest_lane and os.environ.get("SANDBOX_REQUIRE_LAYOUT"):
         if not _meant_for_another_layout(report):
             _skipped_cgroup_tests.append(report.nodeid)
 

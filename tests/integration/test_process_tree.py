@@ -320,11 +320,7 @@ def test_live_control_of_a_process_tree_job(user: str, site: dict[str, str]) -> 
             proc.wait()
 
 
-IN_GUEST = bool(os.environ.get("SANDBOX_REQUIRE_LAYOUT"))
-
-
-@pytest.mark.cgroup
-@pytest.mark.skipif(not IN_GUEST, reason="changes a sysctl: only in the throw-away guest")
+@pytest.mark.guest_only  # it changes a sysctl
 def test_without_user_namespaces_an_ordinary_user_gets_process_tree(user: str) -> None:
     path = Path("/proc/sys/user/max_user_namespaces")
     old = path.read_text()
