@@ -378,6 +378,7 @@ def current(tracking: str = "auto", gids: range | None = None) -> Privilege:
         found = delegation(uid)
         if not isinstance(found, str):
             return Delegated(uid, euid, egid, found)
+    from .ns import user as userns
     from .switchboard.client import check_access
 
     try:
@@ -387,12 +388,13 @@ def current(tracking: str = "auto", gids: range | None = None) -> Privilege:
     except SandboxError as e:
         if tracking == "cgroup":
             raise SandboxError(f"--tracking cgroup: this user has no cgroup ({e.message})") from None
-        from .ns import user as userns
-
         problem = userns.unavailable() if tracking == "auto" else None
         if problem is not None:
             from .ptree_mode import ProcessTree
-
             return ProcessTree(uid, euid, egid, f"{e.message}; and {problem}")
         return Rootless(uid, euid, egid, e.message)
+    problem = userns.unavailable()  # then the switchboard's cgroup holds the job, without namespaces
+    if problem is not None:
+        from .switchboard.bare import BareMember
+        return BareMember(uid, euid, egid, problem)
     return SwitchboardMember(uid, euid, egid)

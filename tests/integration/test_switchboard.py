@@ -1192,3 +1192,40 @@ def test_a_launcher_killed_right_after_create_leaves_nothing(switchboard: None, 
         proc.wait()
         subprocess.run([*as_user(MEMBER), SANDBOX, "gc"], capture_output=True, check=False,
                        env={"PATH": "/usr/bin:/bin", "HOME": home, "XDG_RUNTIME_DIR": home})
+
+
+@pytest.mark.guest_only  # it changes a sysctl
+def test_a_member_without_user_namespaces_is_held_and_limited_by_its_cgroup(switchboard: None) -> None:
+    """EL7's default, user.max_user_namespaces = 0: the member's launcher can make no
+    namespace, but the switchboard's cgroup still holds and limits the job. A setsid
+    daemon is gone once the main process exits, an allocation past --mem is OOM-killed,
+    and the report names the isolation the job did not get."""
+    sysctl = Path("/proc/sys/user/max_user_namespaces")
+    old = sysctl.read_text()
+    home = Path(f"/home/{MEMBER}")
+    report, ready = home / "report-bare.json", home / "bare-ready"
+    marker = f"sbt-bare-{os.getpid()}"
+    daemon = "import sys, time\nopen(sys.argv[1], 'w').close()\ntime.sleep(300)"
+    before = snapshot()
+    sysctl.write_text("0\n")
+    try:
+        r = _run_as(MEMBER, "--mem", "64M", "--report", str(report), "--", "sh", "-c",
+                    f'setsid /usr/bin/python3 -c "$0" {ready} {marker} & '
+                    f'while [ ! -e {ready} ]; do sleep 0.1; done; readlink /proc/self/ns/pid', daemon)
+        assert r.returncode == 0, r.stderr
+        data = json.loads(report.read_text())
+        assert data["tracking"] == "cgroup" and data["memory_limit_bytes"] == 64 << 20, data
+        assert "pid namespace" in data["isolation_not_provided"], data
+        assert r.stdout.strip() == os.readlink("/proc/self/ns/pid")  # the host's: no namespace
+        left = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True, check=False)
+        assert left.stdout == "", f"the daemon survived: {left.stdout}"
+        r = _run_as(MEMBER, "--mem", "64M", "--report", str(report), "--", "/usr/bin/python3", "-c",
+                    "b = bytearray(200 << 20)")
+        assert r.returncode == -signal.SIGKILL, r.stderr
+        assert json.loads(report.read_text())["status"] == "oom_killed"
+        assert snapshot() == before
+    finally:
+        sysctl.write_text(old)
+        subprocess.run(["pkill", "-KILL", "-f", marker], capture_output=True, check=False)
+        for f in (report, ready):
+            f.unlink(missing_ok=True)

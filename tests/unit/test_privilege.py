@@ -436,3 +436,23 @@ def test_a_delegated_users_sandbox_is_theirs_by_its_cgroups_owner(monkeypatch: p
     assert p.may_control(own(1000, 1000, frozenset({1000})))
     assert not p.may_control(own(1000, 1000, frozenset({1001})))  # a state file naming another's cgroup
     assert not p.may_control(own(1001, 1001, frozenset({1001})))
+
+
+def test_a_member_without_user_namespaces_keeps_the_switchboards_cgroup(monkeypatch: pytest.MonkeyPatch) -> None:
+    """EL7's default (user.max_user_namespaces = 0): the switchboard still serves the
+    member, so the job is tracked and limited by its cgroup, with no namespace at all."""
+    from sandbox.switchboard.bare import BareMember, BareMemberCgroup
+
+    why = "user namespaces are disabled (user.max_user_namespaces = 0)"
+    p = _as(monkeypatch, 1000, 1000, 100, userns=why)
+    assert isinstance(p, BareMember) and not p.namespaces and p.seccomp_needs_no_new_privs
+    assert isinstance(p.job_cgroup("j", None), BareMemberCgroup)
+    p.check_limits(Limits(memory_bytes=64 << 20, pids=10, cpus=0.5), best_effort=False)  # a cgroup enforces them
+    with pytest.raises(SandboxError, match=r"--hide needs a namespace.*max_user_namespaces"):
+        from sandbox.spec import JobSpec
+
+        p.check_isolation(JobSpec(argv=("true",), name="j", hide=("/x",)))
+    with pytest.raises(CgroupError):
+        p.job_cgroup("j", "/sys/fs/cgroup/x")
+    # with user namespaces, the member as before
+    assert type(_as(monkeypatch, 1000, 1000, 100)) is privilege.SwitchboardMember
