@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING
 
 from . import proctree
 from . import syscalls as sc
-from .cgroups.base import CgroupError, JobCgroup, Usage
+from .cgroups.base import CgroupError, Usage
 from .procscan import Connector, GidLock, gid_lock_dir, groups_of, read, scan, stat_of
-from .tracking import unenforced
+from .tracking import NoCgroup, unenforced
 
 if TYPE_CHECKING:
     from .limits import Limits
@@ -64,10 +64,9 @@ def _still(pid: int, start: int) -> int | None:
     return None
 
 
-class ProcessTreeJob(JobCgroup):
+class ProcessTreeJob(NoCgroup):
     """The JobCgroup interface over a family of processes (see the module's doc)."""
 
-    version = ""  # no cgroup: the report's cgroup_version is null
     tracking = TRACKING_PROCESS_TREE
 
     def __init__(self, name: str, gids: range | None = None, token: str | None = None) -> None:
@@ -315,26 +314,3 @@ class ProcessTreeJob(JobCgroup):
             self._gid.release()
             self._gid = None
 
-    def freeze(self) -> None:
-        raise CgroupError("this sandbox has no cgroup: it cannot be frozen")
-
-    def thaw(self) -> None:
-        raise CgroupError("this sandbox has no cgroup: it cannot be frozen")
-
-    def paths(self) -> dict[str, str]:
-        return {}
-
-    def primary_path(self) -> str:
-        return ""
-
-    def recorded_path(self) -> str | None:
-        return None
-
-    def recorded_version(self) -> str | None:
-        return None
-
-    def join_files(self) -> list[str]:
-        return []
-
-    def join_fds(self) -> list[int]:
-        return []

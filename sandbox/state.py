@@ -226,23 +226,19 @@ def launcher_identity() -> dict[str, int | None]:
     return {"launcher_pid": pid, "launcher_start": process_start_time(pid)}
 
 
-def _try_lock(path: str) -> int | None:
-    """An fd holding the lock of `path`, or None when somebody holds it (or it is gone)."""
+def _try_lock(path: str, flags: int = os.O_RDONLY, mode: int = 0) -> int | None:
+    """An fd holding the exclusive lock of `path`, or None when somebody holds it (or it
+    is gone, or was replaced or removed between our open and our flock)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except (FileNotFoundError, OSError):
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError:
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         return None
-    try:
-        # the path may have been replaced or removed between open and flock
-        same = os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
-    except FileNotFoundError:
-        same = False
-    if not same:
+    if not _same_file(path, fd):
         os.close(fd)
         return None
     return fd
@@ -297,20 +293,8 @@ def _same_file(path: str, fd: int) -> bool:
 
 
 def _lock_claim(name: str, directory: str | None) -> int | None:
-    path = _claim_path(name, directory)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    if not _same_file(path, fd):  # a sweep removed it between our open and flock
-        os.close(fd)
-        return None
-    return fd
+    # made if missing; a sweep may remove it between our open and flock (then: None)
+    return _try_lock(_claim_path(name, directory), os.O_RDWR | os.O_CREAT, 0o600)
 
 
 def _lock_dead(path: str) -> int | None:

@@ -59,11 +59,41 @@ def refuse_unenforced(limits: Limits, best_effort: bool, why: str, fix: str) -> 
         )
 
 
-class PidNamespaceJob(JobCgroup):
+class NoCgroup(JobCgroup):
+    """What every tracking without a cgroup answers for the cgroup's part: no
+    directories, nothing to join, no freezer."""
+
+    version = ""  # no cgroup: the report's cgroup_version is null
+
+    def paths(self) -> dict[str, str]:
+        return {}
+
+    def primary_path(self) -> str:
+        return ""
+
+    def recorded_path(self) -> str | None:
+        return None
+
+    def recorded_version(self) -> str | None:
+        return None
+
+    def join_files(self) -> list[str]:
+        return []
+
+    def join_fds(self) -> list[int]:
+        return []
+
+    def freeze(self) -> None:
+        raise CgroupError("this sandbox has no cgroup: it cannot be frozen")
+
+    def thaw(self) -> None:
+        raise CgroupError("this sandbox has no cgroup: it cannot be frozen")
+
+
+class PidNamespaceJob(NoCgroup):
     """The JobCgroup interface over a PID namespace: what the runner, the supervisor
     and the teardown need (create, hand-over, kill, usage), without a cgroup."""
 
-    version = ""  # no cgroup: the report's cgroup_version is null
     tracking = TRACKING_PIDNS
 
     def __init__(self, name: str) -> None:
@@ -107,21 +137,6 @@ class PidNamespaceJob(JobCgroup):
         self.not_enforced = unenforced(limits)
         self._before = resource.getrusage(resource.RUSAGE_CHILDREN)
 
-    def paths(self) -> dict[str, str]:
-        return {}
-
-    def primary_path(self) -> str:
-        return ""
-
-    def recorded_path(self) -> str | None:
-        return None
-
-    def recorded_version(self) -> str | None:
-        return None
-
-    def join_files(self) -> list[str]:
-        return []
-
     def attach(self, pid: int) -> None:
         # Before init's go: init is our child, blocked on the go pipe, so the PID is
         # still its own when we open the pidfd.
@@ -144,12 +159,6 @@ class PidNamespaceJob(JobCgroup):
                 except OSError:
                     continue
         return found
-
-    def freeze(self) -> None:
-        raise CgroupError("this sandbox has no cgroup: it cannot be frozen")
-
-    def thaw(self) -> None:
-        raise CgroupError("this sandbox has no cgroup: it cannot be frozen")
 
     def kill(self, timeout: float = 10.0) -> None:
         """SIGKILL init, which takes the namespace with it, and wait for that to end."""
@@ -185,6 +194,3 @@ class PidNamespaceJob(JobCgroup):
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
-
-    def join_fds(self) -> list[int]:
-        return []
