@@ -357,6 +357,8 @@ os.waitpid(p, 0)
 """
 
 
+# refused before any cgroup is written: the same on every layout
+@pytest.mark.host_only
 def test_attach_refuses_a_process_someone_traces(switchboard: None, cleanup: list[tuple[str, str]]) -> None:
     """A process the member traces itself (one way around the pin: a traced process cannot
     be seized) is refused with one line, and stays where it was, traced as before."""
@@ -1095,6 +1097,9 @@ def _in_session(proc: subprocess.Popen[bytes], line: bytes, why: str) -> None:
     assert proc.poll() is None and snapshot() == before
 
 
+# the session's framing and binding are the same on every layout (the EOF destroy on each
+# layout: test_a_launcher_killed_right_after_create_leaves_nothing)
+@pytest.mark.host_only
 def test_a_session_makes_one_sandbox_refuses_garbage_and_destroys_it_at_eof(
     switchboard: None, cleanup: list[tuple[str, str]],
 ) -> None:
@@ -1128,6 +1133,7 @@ def test_a_session_makes_one_sandbox_refuses_garbage_and_destroys_it_at_eof(
     assert "op=destroy" in log and "(end of session) OK" in log and "one sandbox per session" in log
 
 
+@pytest.mark.host_only  # the session's framing, as above
 def test_a_session_that_destroyed_its_sandbox_ends_quietly(switchboard: None, cleanup: list[tuple[str, str]]) -> None:
     before = snapshot()
     proc = _session(MEMBER)
