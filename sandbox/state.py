@@ -226,9 +226,10 @@ def launcher_identity() -> dict[str, int | None]:
     return {"launcher_pid": pid, "launcher_start": process_start_time(pid)}
 
 
-def _try_lock(path: str, flags: int = os.O_RDONLY, mode: int = 0) -> int | None:
-    """An fd holding the exclusive lock of `path`, or None when somebody holds it (or it
-    is gone, or was replaced or removed between our open and our flock)."""
+def _try_lock(path: str, flags: int = os.O_RDONLY, mode: int = 0, *, or_shared: bool = False) -> int | None:
+    """An fd holding the exclusive lock of `path` (or, `or_shared`, a shared one when
+    only shared locks are held), or None when somebody holds it (or it is gone, or was
+    replaced or removed between our open and our flock)."""
     try:
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     except OSError:
@@ -236,8 +237,13 @@ def _try_lock(path: str, flags: int = os.O_RDONLY, mode: int = 0) -> int | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        os.close(fd)
-        return None
+        try:
+            if not or_shared:
+                raise
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
     if not _same_file(path, fd):
         os.close(fd)
         return None
@@ -301,22 +307,7 @@ def _lock_dead(path: str) -> int | None:
     """An fd of the state file at `path` once no launcher holds its exclusive lock, with
     a lock of ours on it (exclusive, or shared when someone else holds a shared one: a
     reader's lock, which says nothing about the launcher); None while a launcher lives."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-    if not _same_file(path, fd):
-        os.close(fd)
-        return None
-    return fd
+    return _try_lock(path, or_shared=True)
 
 
 class Taken(NamedTuple):
