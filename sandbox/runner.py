@@ -78,7 +78,7 @@ class Launch:
 
     def _plan(self) -> list[mountns.SetupOp]:
         self.fs = setup.prepare_fs(self.spec, self.privilege)
-        # without namespaces (process-tree tracking) there is nothing to mount into
+        # without namespaces (process-tree tracking, a member without user namespaces) nothing is mounted
         if not self.privilege.namespaces:
             return []
         return mountns.plan(self.spec, self.fs, cgroups_read_only=self.privilege.job_owns_its_cgroup)

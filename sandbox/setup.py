@@ -58,8 +58,9 @@ def init_config(
     cg: JobCgroup | None = None,
 ) -> init.InitConfig:
     """What init is given. Without namespaces (privilege.namespaces False: process-tree
-    tracking) the plan has no namespace and no mount step at all, and the job carries
-    the marks its family is found by (cg.job_marks())."""
+    tracking, a switchboard member without user namespaces) the plan has no namespace
+    and no mount step at all, and the job carries the marks its family is found by
+    (cg.job_marks())."""
     namespaces = privilege is None or privilege.namespaces
     env, groups = cg.job_marks() if cg is not None else ((), ())
     creds = (spec.user.uid, spec.user.gid, (*spec.user.groups, *groups)) if spec.user is not None else None

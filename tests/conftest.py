@@ -8,6 +8,7 @@ batch node), and is then cleaned up so the next test starts clean.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -156,6 +157,21 @@ def no_leftovers(request: pytest.FixtureRequest) -> Iterator[None]:
     assert not procs, f"test left sandbox processes behind: {sorted(procs)}"
     assert not cgs, f"test left cgroups behind: {sorted(cgs)}"
     assert not states, f"test left state files behind: {sorted(states)}"
+
+
+@contextlib.contextmanager
+def real_user(name: str) -> Iterator[str]:
+    """A real local user for attacks and modes tried as the other side would (a leftover of
+    an earlier run of that name removed first), removed with every process of theirs when
+    the block ends, also when the test fails."""
+    subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True, check=False)
+    subprocess.run(["userdel", "-r", name], capture_output=True, check=False)
+    subprocess.run(["useradd", "-m", name], check=True, capture_output=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True, check=False)
+        subprocess.run(["userdel", "-r", name], capture_output=True, check=False)
 
 
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root (namespaces and cgroups)")

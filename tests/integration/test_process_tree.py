@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import IS_ROOT, SANDBOX, SANDBOX_RUN
+from tests.conftest import IS_ROOT, SANDBOX, SANDBOX_RUN, real_user
 from tests.integration.test_core import alive, host_processes_with, wait_until
 
 pytestmark = [pytest.mark.skipif(not IS_ROOT, reason="needs root (creates a user)")]
@@ -31,14 +31,8 @@ BURN = "import time\nwhile time.process_time() < 1.0: pass"
 
 @pytest.fixture(scope="module")
 def user() -> Iterator[str]:
-    subprocess.run(["pkill", "-KILL", "-u", USER], capture_output=True, check=False)
-    subprocess.run(["userdel", "-r", USER], capture_output=True, check=False)
-    subprocess.run(["useradd", "-m", USER], check=True, capture_output=True)
-    try:
-        yield USER
-    finally:
-        subprocess.run(["pkill", "-KILL", "-u", USER], capture_output=True, check=False)
-        subprocess.run(["userdel", "-r", USER], capture_output=True, check=False)
+    with real_user(USER) as name:
+        yield name
 
 
 def _user_env() -> dict[str, str]:

@@ -26,7 +26,7 @@ import pytest
 
 from sandbox import state
 from sandbox.cgroups import PREFIX, job_cgroup
-from tests.conftest import LAYOUT, ROOT, SANDBOX, SANDBOX_RUN, needs_root, run_sandbox
+from tests.conftest import LAYOUT, ROOT, SANDBOX, SANDBOX_RUN, needs_root, real_user, run_sandbox
 from tests.integration.test_core import Running, alive, wait_until
 
 pytestmark = [needs_root]
@@ -375,13 +375,8 @@ LOCK_HOLDER = "sbt-lockholder"
 @pytest.fixture
 def lock_holder() -> Iterator[str]:
     """A real unprivileged user of this machine (any local user can read root's state)."""
-    subprocess.run(["userdel", "-r", LOCK_HOLDER], capture_output=True, check=False)
-    subprocess.run(["useradd", "-m", LOCK_HOLDER], check=True, capture_output=True)
-    try:
-        yield LOCK_HOLDER
-    finally:
-        subprocess.run(["pkill", "-KILL", "-u", LOCK_HOLDER], capture_output=True, check=False)
-        subprocess.run(["userdel", "-r", LOCK_HOLDER], capture_output=True, check=False)
+    with real_user(LOCK_HOLDER) as name:
+        yield name
 
 
 def test_a_users_shared_lock_on_a_stale_state_does_not_stop_its_reclaim(

@@ -19,7 +19,7 @@ import pytest
 
 from sandbox.ns.user import unavailable
 from sandbox.state import SUFFIX
-from tests.conftest import IS_ROOT, SANDBOX, SANDBOX_RUN
+from tests.conftest import IS_ROOT, SANDBOX, SANDBOX_RUN, real_user
 from tests.integration.test_core import alive, host_processes_with, wait_until
 
 pytestmark = [
@@ -33,13 +33,8 @@ HOME = Path(f"/home/{USER}")
 
 @pytest.fixture(scope="module")
 def user() -> Iterator[str]:
-    subprocess.run(["userdel", "-r", USER], capture_output=True, check=False)
-    subprocess.run(["useradd", "-m", USER], check=True, capture_output=True)
-    try:
-        yield USER
-    finally:
-        subprocess.run(["pkill", "-KILL", "-u", USER], capture_output=True, check=False)
-        subprocess.run(["userdel", "-r", USER], capture_output=True, check=False)
+    with real_user(USER) as name:
+        yield name
 
 
 def _cmd(*args: str) -> list[str]:
